@@ -1,0 +1,74 @@
+"""Assemble the parts from the settings: the one place that wires I/O together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from alerts.config import Settings
+from alerts.delivery import Sender, make_sender
+from alerts.hn import HNClient, RetryPolicy, make_http_client
+from alerts.mail import Renderer
+from alerts.notify import Notifier
+from alerts.service import Service
+from alerts.store import Store
+from alerts.tasks import TaskRegistry
+
+
+def make_hn(settings: Settings, http: httpx.AsyncClient) -> HNClient:
+    """The API client with the settings' concurrency bound and retry policy."""
+    return HNClient(
+        http,
+        settings.hn_api_url,
+        max_concurrency=settings.max_concurrency,
+        retry=RetryPolicy(
+            attempts=settings.fetch_attempts,
+            backoff=settings.fetch_backoff,
+            deadline=max(60.0, settings.fetch_attempts * (settings.fetch_timeout + 30.0)),
+        ),
+    )
+
+
+def make_renderer(settings: Settings) -> Renderer:
+    """The mail renderer, templates loaded once."""
+    return Renderer(settings.templates, sender=settings.sender, recipients=settings.recipients)
+
+
+@dataclass
+class App:
+    """Everything ``alerts run`` needs, open and ready."""
+
+    settings: Settings
+    hn: HNClient
+    store: Store
+    sender: Sender
+    registry: TaskRegistry
+    service: Service
+
+
+@asynccontextmanager
+async def open_app(settings: Settings, *, sender: Sender | None = None) -> AsyncIterator[App]:
+    """Open the HTTP client and the state DB, build the service, close both on exit."""
+    renderer = make_renderer(settings)
+    sender = sender or make_sender(settings)
+    async with make_http_client(settings.fetch_timeout, settings.max_concurrency) as http:
+        hn = make_hn(settings, http)
+        store = await Store.open(settings.state_db)
+        try:
+            registry = TaskRegistry()
+            notifier = Notifier(
+                store,
+                renderer,
+                sender,
+                mail_from=settings.sender,
+                recipients=settings.recipients,
+                attempts=settings.send_attempts,
+                backoff=settings.send_backoff,
+            )
+            service = Service(settings, hn, store, notifier, registry)
+            yield App(settings, hn, store, sender, registry, service)
+        finally:
+            await store.close()

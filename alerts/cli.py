@@ -1,0 +1,195 @@
+"""The command line: arguments, logging setup, signals and exit codes.
+
+Exit codes: 0 success; 2 invalid settings or usage (one line naming the
+variable or argument, no traceback); 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn
+
+from alerts import __version__
+from alerts.app import make_hn, make_renderer, open_app
+from alerts.config import Settings, load_settings
+from alerts.delivery import make_sender
+from alerts.errors import AlertsError, ConfigError, DeliveryError, FetchError
+from alerts.hn import make_http_client
+from alerts.model import Alert, Story
+from alerts.walk import walk_kids
+
+log = logging.getLogger("alerts")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Usage errors: one line, exit 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``alerts`` argument parser."""
+    parser = _Parser(
+        prog="alerts",
+        description="Email alerts when a Hacker News thread gets busy. Configured by ALERTS_* variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    run = sub.add_parser("run", help="poll HN and send alerts until SIGINT/SIGTERM")
+    run.add_argument("--once", action="store_true", help="run one cycle, deliver what is due, exit")
+    check = sub.add_parser("check", help="count one item's comments and print the figures")
+    check.add_argument("item_id", metavar="ITEM_ID", type=_item_id, help="HN item id, e.g. 8863")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("test-email", help="send a sample alert through the configured delivery")
+    return parser
+
+
+def _item_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ITEM_ID must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"ITEM_ID must be a positive integer, got {text!r}")
+    return value
+
+
+def setup_logging(level: str) -> None:
+    """Log lines to stderr; the only place logging is configured."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if level != "DEBUG":
+        # httpx logs every request at INFO; our cycle line sums them up.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``alerts`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"alerts: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level)
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(settings, once=args.once))
+        if args.command == "check":
+            return asyncio.run(_check(settings, args.item_id, as_json=args.json))
+        return asyncio.run(_test_email(settings))
+    except ConfigError as exc:
+        print(f"alerts: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AlertsError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _run(settings: Settings, *, once: bool) -> int:
+    async with open_app(settings) as app:
+        log.info(
+            "hn-alerts %s: %s top %d every %g s, tiers %s, mail to %s via %s",
+            __version__,
+            ",".join(settings.story_lists),
+            settings.top_n,
+            settings.poll_interval,
+            ",".join(map(str, settings.comment_threshold)),
+            ", ".join(settings.recipients),
+            app.sender.describe(),
+        )
+        if once:
+            delivered = await app.service.run_once()
+            return EXIT_OK if delivered else EXIT_FAILURE
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _on_signal, sig, stop)
+        try:
+            await app.service.run(stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return EXIT_OK
+
+
+def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        log.info("%s received: stopping, draining sends", sig.name)
+    stop.set()
+
+
+async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
+    started = time.perf_counter()
+    async with make_http_client(settings.fetch_timeout, settings.max_concurrency) as http:
+        hn = make_hn(settings, http)
+        try:
+            root = await hn.item(item_id)
+        except FetchError as exc:
+            log.error("item %d not read: %s", item_id, exc)
+            return EXIT_FAILURE
+        if root is None:
+            log.error("item %d does not exist (the API answered null)", item_id)
+            return EXIT_FAILURE
+        result = await walk_kids(hn, root, max_items=settings.max_comments)
+        seconds = time.perf_counter() - started
+        title = str(root.get("title") or "")
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "id": item_id,
+                        "title": title,
+                        "comments": result.comments,
+                        "fetches": hn.fetches,
+                        "seconds": round(seconds, 3),
+                    }
+                )
+            )
+        else:
+            print(f"Post {item_id} has {result.comments} comments ({hn.fetches} fetches, {seconds:.2f} s)")
+    if not result.complete:
+        log.error(
+            "walk incomplete: %d item(s) could not be fetched; the count is a lower bound", result.failed
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _test_email(settings: Settings) -> int:
+    renderer = make_renderer(settings)
+    sender = make_sender(settings)
+    story = Story(
+        id=8863,
+        title="hn-alerts test mail",
+        by="hn-alerts",
+        score=1,
+        url="https://github.com/",
+        descendants=0,
+    )
+    message = renderer.render(Alert(story, tier=0, comments=0, kind=f"test{int(time.time())}"))
+    try:
+        await sender.send(message, sender=settings.sender, recipients=settings.recipients)
+    except DeliveryError as exc:
+        log.error("test mail not sent via %s: %s", sender.describe(), exc)
+        return EXIT_FAILURE
+    print(f"test mail sent to {', '.join(settings.recipients)} via {sender.describe()}")
+    return EXIT_OK

@@ -1,0 +1,214 @@
+"""Settings: every ALERTS_* variable, read once at the edge and passed in.
+
+:func:`load_settings` is the one place that reads the environment (and
+``./.env``); everything else receives a frozen :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from email.utils import parseaddr
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from alerts.errors import ConfigError
+
+PREFIX = "ALERTS_"
+STORY_LISTS = ("topstories", "newstories", "beststories", "askstories", "showstories")
+TEMPLATE_NAMES = ("alert.subject.txt", "alert.txt", "alert.html")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.?[^@\s<>\"',;]*$")
+
+
+def _split(value: Any) -> Any:
+    """Turn a comma list from the environment into a tuple of stripped items."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _check_address(value: str) -> str:
+    """Return ``value`` if it is one plain address such as ``me@example.com``."""
+    _name, addr = parseaddr(value)
+    if not addr or not _ADDRESS.match(addr) or any(c in value for c in "\r\n"):
+        raise ValueError(f"{value!r} is not an email address")
+    return value.strip()
+
+
+def shipped_templates() -> Path:
+    """The templates that ship with the package (wheel) or sit beside it (checkout)."""
+    packaged = Path(str(resources.files("alerts"))) / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+class Settings(BaseSettings):
+    """Every ALERTS_* setting; see SPEC.md and .env.example for what each means."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    hn_api_url: str = "https://hacker-news.firebaseio.com/v0"
+    story_lists: Annotated[tuple[str, ...], NoDecode] = ("topstories",)
+    top_n: int = Field(30, ge=1, le=500)
+    comment_threshold: Annotated[tuple[int, ...], NoDecode] = (100,)
+    poll_interval: float = Field(60.0, gt=0)
+    max_concurrency: int = Field(32, ge=1, le=1000)
+    fetch_attempts: int = Field(5, ge=1, le=100)
+    fetch_timeout: float = Field(10.0, gt=0)
+    fetch_backoff: float = Field(0.5, ge=0)
+    max_comments: int = Field(20000, ge=1)
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = Field(30.0, gt=0)
+    send_attempts: int = Field(3, ge=1, le=100)
+    send_backoff: float = Field(1.0, ge=0)
+    email_from: str | None = None
+    email_to: Annotated[tuple[str, ...], NoDecode] = ()
+
+    state_db: Path = Path("alerts.sqlite3")
+    outbox_dir: Path = Path("outbox")
+    templates_dir: Path | None = None
+    shutdown_timeout: float = Field(30.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("hn_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except Exception as exc:
+            raise ValueError(f"{value!r} is not a URL") from exc
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("story_lists", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        names = _split(value)
+        if isinstance(names, tuple):
+            unknown = [n for n in names if n not in STORY_LISTS]
+            if unknown:
+                raise ValueError(f"unknown list {unknown[0]!r}; choose from {', '.join(STORY_LISTS)}")
+            if not names:
+                raise ValueError("name at least one list")
+            return tuple(dict.fromkeys(names))
+        return names
+
+    @field_validator("comment_threshold", mode="before")
+    @classmethod
+    def _tiers_split(cls, value: Any) -> Any:
+        return _split(value) if not isinstance(value, int) else (value,)
+
+    @field_validator("comment_threshold")
+    @classmethod
+    def _tiers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value:
+            raise ValueError("give one count or an ascending comma list such as 50,100,250")
+        if any(t < 1 for t in value):
+            raise ValueError("tiers must be positive")
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"tiers must be strictly ascending, got {','.join(map(str, value))}")
+        return value
+
+    @field_validator("email_to", mode="before")
+    @classmethod
+    def _to_split(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("email_to")
+    @classmethod
+    def _to(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_address(v) for v in value)
+
+    @field_validator("email_from")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if value not in LOG_LEVELS:
+                raise ValueError(f"choose from {', '.join(LOG_LEVELS)}")
+        return value
+
+    @property
+    def sender(self) -> str:
+        """The From address: the setting, or ``alerts@localhost`` without SMTP."""
+        return self.email_from or "alerts@localhost"
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """The To addresses: the setting, or ``you@localhost`` without SMTP."""
+        return self.email_to or ("you@localhost",)
+
+    @property
+    def templates(self) -> Path:
+        """The folder the Jinja2 templates are loaded from."""
+        return self.templates_dir or shipped_templates()
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    return PREFIX + str(loc[0]).upper() if loc else "settings"
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None = ".env") -> Settings:
+    """Build the settings from the environment (or ``env``) and ``env_file``.
+
+    Raises :class:`ConfigError` naming the first variable at fault.
+    """
+    try:
+        settings = _from_mapping(env, env_file) if env is not None else Settings(_env_file=env_file)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raw = err.get("input")
+        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and "got" not in msg else ""
+        raise ConfigError(_variable(err["loc"]), msg + shown) from None
+    _check_combination(settings)
+    return settings
+
+
+def _from_mapping(env: Mapping[str, str], env_file: str | None) -> Settings:
+    """Read settings from an explicit mapping instead of os.environ (tests)."""
+    values: dict[str, Any] = {
+        k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""
+    }
+    return Settings(_env_file=env_file, **values)
+
+
+def _check_combination(s: Settings) -> None:
+    if s.smtp_host:
+        if not s.email_from:
+            raise ConfigError("ALERTS_EMAIL_FROM", "required when ALERTS_SMTP_HOST is set")
+        if not s.email_to:
+            raise ConfigError("ALERTS_EMAIL_TO", "required when ALERTS_SMTP_HOST is set")
+    if (s.smtp_username is None) != (s.smtp_password is None):
+        missing = "ALERTS_SMTP_PASSWORD" if s.smtp_password is None else "ALERTS_SMTP_USERNAME"
+        raise ConfigError(missing, "set both ALERTS_SMTP_USERNAME and ALERTS_SMTP_PASSWORD, or neither")
+    folder = s.templates
+    missing_templates = [n for n in TEMPLATE_NAMES if not (folder / n).is_file()]
+    if missing_templates:
+        raise ConfigError("ALERTS_TEMPLATES_DIR", f"{folder} lacks {', '.join(missing_templates)}")

@@ -1,0 +1,166 @@
+"""The HN Firebase API client: one shared httpx client, a concurrency bound and a retry policy.
+
+What is retried is named here and nowhere else: transport errors, timeouts,
+5xx and 429 (honouring ``Retry-After``), and bodies that are not JSON (a
+truncated answer looks like that). Other 4xx answers are final. The
+concurrency limit is taken around each single request, so the backoff sleeps
+between attempts never hold a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from alerts import __version__
+from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
+
+log = logging.getLogger(__name__)
+
+Item = dict[str, Any]
+MAX_BACKOFF = 30.0
+MAX_RETRY_AFTER = 120.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently one request is tried.
+
+    ``backoff`` is the first wait; each later one doubles, plus up to
+    ``backoff`` of jitter, capped at ``max_backoff``. ``backoff=0`` turns the
+    waiting off (tests). No new attempt starts after ``deadline`` seconds.
+    """
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = MAX_BACKOFF
+    deadline: float = 300.0
+
+    def wait(self, state: RetryCallState) -> float:
+        """Seconds to sleep before the next attempt: Retry-After, else backoff."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableFetchError) and exc.retry_after is not None:
+            return min(exc.retry_after, MAX_RETRY_AFTER)
+        if self.backoff <= 0:
+            return 0.0
+        return float(
+            wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff, jitter=self.backoff)(state)
+        )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class HNClient:
+    """Reads items and story lists, bounded and retried.
+
+    ``fetches`` counts every HTTP request made, retries included.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        max_concurrency: int = 32,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.fetches = 0
+
+    async def item(self, item_id: int) -> Item | None:
+        """One item, or ``None`` when the API answers ``null`` (or not an object)."""
+        data = await self._get_json(f"{self._base}/item/{item_id}.json")
+        return data if isinstance(data, dict) else None
+
+    async def story_ids(self, name: str) -> list[int]:
+        """The ids of one story list (``topstories`` ...), in the API's order."""
+        data = await self._get_json(f"{self._base}/{name}.json")
+        if not isinstance(data, list):
+            raise MalformedItemError(f"{self._base}/{name}.json", "expected a list of ids")
+        return [i for i in data if isinstance(i, int)]
+
+    async def _get_json(self, url: str) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.attempts) | stop_after_delay(self._retry.deadline),
+            wait=self._retry.wait,
+            retry=retry_if_exception_type((RetryableFetchError, MalformedItemError)),
+            sleep=self._sleep,
+            reraise=True,
+            before_sleep=self._log_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(url)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _attempt(self, url: str) -> Any:
+        async with self._limit:
+            self.fetches += 1
+            try:
+                response = await self._http.get(url)
+            except httpx.TimeoutException as exc:
+                raise RetryableFetchError(url, f"timeout ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                raise RetryableFetchError(url, f"{type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise RetryableFetchError(
+                url, f"HTTP {status}", retry_after_seconds(response.headers.get("retry-after"))
+            )
+        if status >= 400:
+            raise RejectedFetchError(url, f"HTTP {status}")
+        try:
+            return json.loads(response.content)
+        except ValueError as exc:
+            raise MalformedItemError(url, f"malformed JSON: {exc}") from exc
+
+    @staticmethod
+    def _log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.debug("retrying %s in %.2f s (attempt %d)", exc, wait, state.attempt_number)
+
+
+def make_http_client(timeout: float, max_concurrency: int) -> httpx.AsyncClient:
+    """The one shared httpx client, pooled to the concurrency bound."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+        headers={"User-Agent": f"hn-alerts/{__version__}"},
+        follow_redirects=True,
+    )

@@ -1,0 +1,293 @@
+"""The SQLite state DB: alerts sent, the outbox, and each story's last complete walk.
+
+All SQLite work runs on one dedicated thread, so the event loop never blocks
+on disk and the connection is only ever used from that thread. An alert is
+written to the outbox (status ``pending``) before it is sent and marked
+``sent`` once the server accepts it; ``failed`` records a permanent refusal.
+The DB is held with an exclusive lock on a ``.lock`` file beside it, so a
+second service on the same DB is refused instead of doubling mails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+from alerts.errors import StateError
+from alerts.model import Alert
+
+T = TypeVar("T")
+Key = tuple[int, str, int]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    story_id   INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    tier       INTEGER NOT NULL,
+    status     TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    alert      TEXT    NOT NULL,
+    created_at REAL    NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    done_at    REAL,
+    PRIMARY KEY (story_id, kind, tier)
+);
+CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (status) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS walks (
+    story_id    INTEGER PRIMARY KEY,
+    descendants INTEGER,
+    comments    INTEGER NOT NULL,
+    walked_at   REAL    NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class LastWalk:
+    """A story's last complete walk."""
+
+    descendants: int | None
+    comments: int
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One row of the outbox."""
+
+    alert: Alert
+    status: str
+    attempts: int
+    last_error: str | None
+
+
+class Store:
+    """Async access to the state DB; open with :meth:`open`, then :meth:`close`."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        lock: IO[bytes] | None,
+        executor: ThreadPoolExecutor,
+        clock: Callable[[], float],
+    ) -> None:
+        self._conn = conn
+        self._lock = lock
+        self._executor = executor
+        self._clock = clock
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, exclusive: bool = True, clock: Callable[[], float] = time.time
+    ) -> Store:
+        """Open (creating if needed) the DB at ``path``.
+
+        With ``exclusive`` the DB is locked for this process; a second one is
+        refused with :class:`StateError`.
+        """
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts-db")
+        loop = asyncio.get_running_loop()
+        try:
+            conn, lock = await loop.run_in_executor(executor, _connect, path, exclusive)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(conn, lock, executor, clock)
+
+    async def close(self) -> None:
+        """Close the DB and release the lock."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._close_sync)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        self._conn.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StateError(f"state DB: {exc}") from exc
+
+    # -- walks -------------------------------------------------------------
+
+    async def last_walks(self, story_ids: Iterable[int]) -> dict[int, LastWalk]:
+        """The last complete walk of each story that has one."""
+        ids = list(story_ids)
+        return await self._run(self._last_walks, ids)
+
+    def _last_walks(self, ids: list[int]) -> dict[int, LastWalk]:
+        out: dict[int, LastWalk] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT story_id, descendants, comments FROM walks WHERE story_id IN ({marks})", chunk
+            )
+            out.update({r[0]: LastWalk(r[1], r[2]) for r in rows})
+        return out
+
+    async def save_walk(self, story_id: int, descendants: int | None, comments: int) -> None:
+        """Record a complete walk so an unchanged story is not walked again."""
+        await self._run(self._save_walk, story_id, descendants, comments, self._clock())
+
+    def _save_walk(self, story_id: int, descendants: int | None, comments: int, now: float) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO walks (story_id, descendants, comments, walked_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (story_id) DO UPDATE SET descendants = excluded.descendants,"
+                " comments = excluded.comments, walked_at = excluded.walked_at",
+                (story_id, descendants, comments, now),
+            )
+
+    # -- alerts and the outbox -----------------------------------------------
+
+    async def alerted_tiers(self, story_ids: Iterable[int]) -> dict[int, int]:
+        """The highest tier each story has alerted for (queued, sent or refused)."""
+        ids = list(story_ids)
+        return await self._run(self._alerted_tiers, ids)
+
+    def _alerted_tiers(self, ids: list[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                "SELECT story_id, MAX(tier) FROM alerts WHERE kind = 'tier'"
+                f" AND story_id IN ({marks}) GROUP BY story_id",
+                chunk,
+            )
+            out.update({r[0]: r[1] for r in rows})
+        return out
+
+    async def enqueue(self, alert: Alert) -> bool:
+        """Write ``alert`` to the outbox; false if this (story, kind, tier) exists already."""
+        return await self._run(self._enqueue, alert, self._clock())
+
+    def _enqueue(self, alert: Alert, now: float) -> bool:
+        story_id, kind, tier = alert.key
+        with self._conn:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO alerts (story_id, kind, tier, status, alert, created_at)"
+                " VALUES (?, ?, ?, 'pending', ?, ?)",
+                (story_id, kind, tier, json.dumps(alert.to_json()), now),
+            )
+        return cur.rowcount == 1
+
+    async def pending(self) -> list[Key]:
+        """Keys of every alert waiting in the outbox, oldest first."""
+        return await self._run(self._pending)
+
+    def _pending(self) -> list[Key]:
+        rows = self._conn.execute(
+            "SELECT story_id, kind, tier FROM alerts WHERE status = 'pending'"
+            " ORDER BY created_at, story_id, tier"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def get(self, key: Key) -> OutboxEntry | None:
+        """One outbox row, or ``None``."""
+        return await self._run(self._get, key)
+
+    def _get(self, key: Key) -> OutboxEntry | None:
+        row = self._conn.execute(
+            "SELECT alert, status, attempts, last_error FROM alerts"
+            " WHERE story_id = ? AND kind = ? AND tier = ?",
+            key,
+        ).fetchone()
+        if row is None:
+            return None
+        return OutboxEntry(Alert.from_json(json.loads(row[0])), row[1], row[2], row[3])
+
+    async def mark_sent(self, key: Key) -> None:
+        """The server accepted the mail: it is never sent again."""
+        await self._run(self._finish, key, "sent", None, self._clock())
+
+    async def mark_failed(self, key: Key, error: str) -> None:
+        """The server refused the mail for good: record its reply, never retry."""
+        await self._run(self._finish, key, "failed", error, self._clock())
+
+    def _finish(self, key: Key, status: str, error: str | None, now: float) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE alerts SET status = ?, last_error = COALESCE(?, last_error), done_at = ?,"
+                " attempts = attempts + 1"
+                " WHERE story_id = ? AND kind = ? AND tier = ? AND status = 'pending'",
+                (status, error, now, *key),
+            )
+
+    async def record_attempt(self, key: Key, error: str) -> None:
+        """A send failed for now: count it and keep the reason; the entry stays pending."""
+        await self._run(self._record_attempt, key, error)
+
+    def _record_attempt(self, key: Key, error: str) -> None:
+        with self._conn:
+            self._conn.execute(
+                "UPDATE alerts SET attempts = attempts + 1, last_error = ?"
+                " WHERE story_id = ? AND kind = ? AND tier = ? AND status = 'pending'",
+                (error, *key),
+            )
+
+    async def counts(self) -> dict[str, int]:
+        """How many alerts are pending, sent and failed."""
+        return await self._run(self._counts)
+
+    def _counts(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT status, COUNT(*) FROM alerts GROUP BY status")
+        out = {"pending": 0, "sent": 0, "failed": 0}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+
+def _chunks(ids: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _connect(path: Path, exclusive: bool) -> tuple[sqlite3.Connection, IO[bytes] | None]:
+    """Open, lock and migrate the DB (runs on the DB thread)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"ALERTS_STATE_DB: cannot create folder {path.parent}: {exc.strerror}") from exc
+    lock: IO[bytes] | None = None
+    if exclusive:
+        lock = _lock(path)
+    try:
+        conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level="DEFERRED")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+    except sqlite3.Error as exc:
+        if lock is not None:
+            lock.close()
+        raise StateError(f"ALERTS_STATE_DB: cannot use {path}: {exc}") from exc
+    return conn, lock
+
+
+def _lock(path: Path) -> IO[bytes]:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "ab")  # noqa: SIM115 - held open for the life of the Store
+    except OSError as exc:
+        raise StateError(f"ALERTS_STATE_DB: cannot open {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StateError(
+            f"ALERTS_STATE_DB: {path} is in use by another hn-alerts process (lock {lock_path})"
+        ) from None
+    os.set_inheritable(handle.fileno(), False)
+    return handle

@@ -1,0 +1,132 @@
+"""The concurrent comment-tree walk: fan out over ``kids``, fan in to one count.
+
+The walk is the recursive coroutine of the classic asyncio example, made safe:
+every id is visited at most once (so a cycle in ``kids`` ends), the number of
+items one walk fetches is capped, a failed fetch marks the walk incomplete
+instead of killing it, and the children run in a TaskGroup, so no task
+outlives the walk and a cancel reaches all of them. The concurrency bound
+lives in the client, around each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from alerts.errors import FetchError, MalformedItemError, RejectedFetchError
+from alerts.hn import Item
+
+log = logging.getLogger(__name__)
+
+
+class ItemSource(Protocol):
+    """What the walk needs from the API client."""
+
+    async def item(self, item_id: int) -> Item | None:
+        """One item, or ``None`` for ``null``."""
+        ...
+
+
+@dataclass
+class WalkResult:
+    """What one walk found.
+
+    ``complete`` is false when some item could not be fetched (retries spent);
+    ``capped`` is true when the walk stopped at ALERTS_MAX_COMMENTS items. In
+    both cases ``comments`` is a lower bound of the true count.
+    """
+
+    root: int
+    comments: int = 0
+    visited: int = 0
+    failed: int = 0
+    unreadable: int = 0
+    capped: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """True when every item the walk tried to fetch was fetched."""
+        return self.failed == 0
+
+
+def is_live(item: Item) -> bool:
+    """A comment counts when it is neither dead nor deleted."""
+    return not item.get("dead") and not item.get("deleted")
+
+
+def kid_ids(item: Item) -> list[int]:
+    """The ``kids`` of an item, ignoring anything that is not an int id."""
+    kids = item.get("kids")
+    if not isinstance(kids, list):
+        return []
+    return [k for k in kids if isinstance(k, int) and not isinstance(k, bool)]
+
+
+@dataclass
+class _Walk:
+    source: ItemSource
+    limit: int
+    result: WalkResult
+    seen: set[int] = field(default_factory=set)
+
+    async def visit_all(self, ids: list[int]) -> None:
+        fresh = [i for i in ids if self._claim(i)]
+        if len(fresh) == 1:
+            await self.visit(fresh[0])
+        elif fresh:
+            async with asyncio.TaskGroup() as group:
+                for item_id in fresh:
+                    group.create_task(self.visit(item_id))
+
+    def _claim(self, item_id: int) -> bool:
+        """Reserve an id for this walk: false if seen before or over the cap."""
+        if item_id in self.seen:
+            return False
+        if len(self.seen) >= self.limit:
+            self.result.capped = True
+            return False
+        self.seen.add(item_id)
+        return True
+
+    async def visit(self, item_id: int) -> None:
+        try:
+            item = await self.source.item(item_id)
+        except MalformedItemError as exc:
+            self.result.unreadable += 1
+            log.warning("item %d counts nothing: %s", item_id, exc.reason)
+            return
+        except RejectedFetchError as exc:
+            self.result.unreadable += 1
+            log.warning("item %d counts nothing: %s", item_id, exc.reason)
+            return
+        except FetchError as exc:
+            self.result.failed += 1
+            log.warning(
+                "item %d not fetched, walk of %d incomplete: %s", item_id, self.result.root, exc.reason
+            )
+            return
+        self.result.visited += 1
+        if item is None:
+            self.result.unreadable += 1
+            log.info("item %d is null, counts nothing", item_id)
+            return
+        if is_live(item):
+            self.result.comments += 1
+        kids = kid_ids(item)
+        del item
+        if kids:
+            await self.visit_all(kids)
+
+
+async def walk_kids(source: ItemSource, root: Item, *, max_items: int) -> WalkResult:
+    """Count the live comments under ``root`` (a story already fetched)."""
+    root_id = int(root.get("id", 0))
+    walk = _Walk(source, max_items, WalkResult(root=root_id))
+    walk.seen.add(root_id)
+    walk.limit += 1  # the root itself is not one of the walk's fetches
+    await walk.visit_all(kid_ids(root))
+    if walk.result.capped:
+        log.warning("walk of %d stopped at ALERTS_MAX_COMMENTS=%d items", root_id, max_items)
+    return walk.result
