@@ -167,9 +167,7 @@ async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
         else:
             print(f"Post {item_id} has {result.comments} comments ({hn.fetches} fetches, {seconds:.2f} s)")
     if not result.complete:
-        log.error(
-            "walk incomplete: %d item(s) could not be fetched; the count is a lower bound", result.failed
-        )
+        log.error("walk incomplete: %d item(s) could not be fetched; the count is a lower bound", result.failed)
         return EXIT_FAILURE
     return EXIT_OK
 

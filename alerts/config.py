@@ -185,7 +185,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         err = exc.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
         raw = err.get("input")
-        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and "got" not in msg else ""
+        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and str(raw) not in msg else ""
         raise ConfigError(_variable(err["loc"]), msg + shown) from None
     _check_combination(settings)
     return settings
@@ -193,9 +193,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
 
 def _from_mapping(env: Mapping[str, str], env_file: str | None) -> Settings:
     """Read settings from an explicit mapping instead of os.environ (tests)."""
-    values: dict[str, Any] = {
-        k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""
-    }
+    values: dict[str, Any] = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
     return Settings(_env_file=env_file, **values)
 
 

@@ -59,9 +59,7 @@ class RetryPolicy:
             return min(exc.retry_after, MAX_RETRY_AFTER)
         if self.backoff <= 0:
             return 0.0
-        return float(
-            wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff, jitter=self.backoff)(state)
-        )
+        return float(wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff, jitter=self.backoff)(state))
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -139,9 +137,7 @@ class HNClient:
                 raise RetryableFetchError(url, f"{type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if status == 429 or status >= 500:
-            raise RetryableFetchError(
-                url, f"HTTP {status}", retry_after_seconds(response.headers.get("retry-after"))
-            )
+            raise RetryableFetchError(url, f"HTTP {status}", retry_after_seconds(response.headers.get("retry-after")))
         if status >= 400:
             raise RejectedFetchError(url, f"HTTP {status}")
         try:

@@ -88,8 +88,7 @@ class Notifier:
             wait=wait_exponential_jitter(multiplier=self._backoff, max=60, jitter=self._backoff)
             if self._backoff > 0
             else wait_none(),
-            retry=retry_if_exception_type(DeliveryError)
-            & retry_if_not_exception_type(PermanentDeliveryError),
+            retry=retry_if_exception_type(DeliveryError) & retry_if_not_exception_type(PermanentDeliveryError),
             sleep=self._sleep,
             reraise=True,
         )

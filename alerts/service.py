@@ -112,9 +112,7 @@ class Service:
             raise FetchError(self._settings.hn_api_url, "no story list could be read")
         return list(ids)
 
-    async def _check(
-        self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport
-    ) -> None:
+    async def _check(self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport) -> None:
         try:
             item = await self._hn.item(story_id)
         except FetchError as exc:
@@ -159,9 +157,7 @@ class Service:
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at a fixed rate until ``stop`` is set, then cancel the cycle and drain sends."""
         await self.dispatch_pending()
-        poller = asyncio.create_task(
-            fixed_rate(self._safe_cycle, self._settings.poll_interval), name="poller"
-        )
+        poller = asyncio.create_task(fixed_rate(self._safe_cycle, self._settings.poll_interval), name="poller")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
             await asyncio.wait({poller, stopper}, return_when=asyncio.FIRST_COMPLETED)

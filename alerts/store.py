@@ -85,9 +85,7 @@ class Store:
         self._clock = clock
 
     @classmethod
-    async def open(
-        cls, path: Path, *, exclusive: bool = True, clock: Callable[[], float] = time.time
-    ) -> Store:
+    async def open(cls, path: Path, *, exclusive: bool = True, clock: Callable[[], float] = time.time) -> Store:
         """Open (creating if needed) the DB at ``path``.
 
         With ``exclusive`` the DB is locked for this process; a second one is
@@ -191,8 +189,7 @@ class Store:
 
     def _pending(self) -> list[Key]:
         rows = self._conn.execute(
-            "SELECT story_id, kind, tier FROM alerts WHERE status = 'pending'"
-            " ORDER BY created_at, story_id, tier"
+            "SELECT story_id, kind, tier FROM alerts WHERE status = 'pending' ORDER BY created_at, story_id, tier"
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
@@ -202,8 +199,7 @@ class Store:
 
     def _get(self, key: Key) -> OutboxEntry | None:
         row = self._conn.execute(
-            "SELECT alert, status, attempts, last_error FROM alerts"
-            " WHERE story_id = ? AND kind = ? AND tier = ?",
+            "SELECT alert, status, attempts, last_error FROM alerts WHERE story_id = ? AND kind = ? AND tier = ?",
             key,
         ).fetchone()
         if row is None:
@@ -286,8 +282,6 @@ def _lock(path: Path) -> IO[bytes]:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise StateError(
-            f"ALERTS_STATE_DB: {path} is in use by another hn-alerts process (lock {lock_path})"
-        ) from None
+        raise StateError(f"ALERTS_STATE_DB: {path} is in use by another hn-alerts process (lock {lock_path})") from None
     os.set_inheritable(handle.fileno(), False)
     return handle

@@ -103,9 +103,7 @@ class _Walk:
             return
         except FetchError as exc:
             self.result.failed += 1
-            log.warning(
-                "item %d not fetched, walk of %d incomplete: %s", item_id, self.result.root, exc.reason
-            )
+            log.warning("item %d not fetched, walk of %d incomplete: %s", item_id, self.result.root, exc.reason)
             return
         self.result.visited += 1
         if item is None:

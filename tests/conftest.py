@@ -117,3 +117,14 @@ async def app_factory() -> AsyncIterator[Any]:
     yield make
     for cm in reversed(stack):
         await cm.__aexit__(None, None, None)
+
+
+def wait_for(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

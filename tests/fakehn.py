@@ -192,7 +192,9 @@ class FakeHN:
     the server runs (take :attr:`lock` for anything more than a single
     assignment). ``latency`` seconds are slept before every answer;
     ``fail_rate`` is the chance of a random 502 on any request, drawn from
-    ``random.Random(seed)``.
+    ``random.Random(seed)``. ``requests`` counts requests by path (query
+    string dropped), faults included; ``in_flight`` is the number being
+    handled now and ``max_in_flight`` its peak.
     """
 
     def __init__(self, latency: float = 0.0) -> None:

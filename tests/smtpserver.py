@@ -46,18 +46,23 @@ class Handler:
     data_replies: list[str] = field(default_factory=list)  # next DATA answers, e.g. "451 try later"
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> permanent answer
     data_delay: float = 0.0
+    rcpt_delay: float = 0.0
+    rcpt_started: threading.Event = field(default_factory=threading.Event)
     data_started: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        self.rcpt_started.set()
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         if address in self.rcpt_replies:
             return self.rcpt_replies[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.data_started.set()
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
@@ -72,14 +77,22 @@ class Handler:
 class SmtpServer:
     """aiosmtpd in its own thread; ``stop()`` and ``start()`` simulate an outage on the same port."""
 
-    def __init__(self, *, port: int | None = None, tls_context: ssl.SSLContext | None = None,
-                 require_starttls: bool = False, implicit_tls: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
+        implicit_tls: bool = False,
+        **controller: Any,
+    ) -> None:
         self.handler = Handler()
         self.port = port or free_port()
         self._tls = tls_context
         self._require_starttls = require_starttls
         self._implicit = implicit_tls
         self._controller: Controller | None = None
+        self._extra = controller
 
     def start(self) -> SmtpServer:
         kwargs: dict[str, Any] = {}
@@ -88,7 +101,7 @@ class SmtpServer:
             kwargs["require_starttls"] = self._require_starttls
         if self._implicit:
             kwargs["ssl_context"] = self._tls
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs, **self._extra)
         self._controller.start()
         return self
 

@@ -20,8 +20,9 @@ def stories_around_threshold(hn: FakeHN) -> None:
     hn.set_list("topstories", [1, 2, 3, 4])
 
 
-def test_once_sends_exactly_the_due_alerts_then_none(hn: FakeHN, smtp: SmtpServer, env: dict[str, str],
-                                                      tmp_path: Path) -> None:
+def test_once_sends_exactly_the_due_alerts_then_none(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], tmp_path: Path
+) -> None:
     """--once mails each story past a tier once, with its exact count; a second run mails nothing."""
     stories_around_threshold(hn)
     cfg = with_smtp(env, smtp, ALERTS_COMMENT_THRESHOLD="100,250")

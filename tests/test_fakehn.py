@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-import trees
-from fakehn import FakeHN
+
+from tests import trees
+from tests.fakehn import FakeHN
 
 
 @pytest.fixture
@@ -153,9 +154,7 @@ def test_concurrent_requests_overlap_under_latency(hn: FakeHN) -> None:
     hn.set_delay("/v0/item/2.json", 0.05)
     hn.items.update({i: {"id": i} for i in range(8)})
     results: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda i=i: results.append(_get(f"{hn.url}/item/{i}.json"))) for i in range(8)
-    ]
+    threads = [threading.Thread(target=lambda i=i: results.append(_get(f"{hn.url}/item/{i}.json"))) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,0 +1,131 @@
+"""Settings: defaults, parsing, and one clear line naming the variable for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from alerts.config import load_settings
+from alerts.errors import ConfigError
+from tests.conftest import run_cli
+
+
+def test_defaults_match_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing set, every setting has SPEC.md's default and mail goes to .eml files."""
+    monkeypatch.chdir(tmp_path)
+    s = load_settings({}, env_file=None)
+    assert s.hn_api_url == "https://hacker-news.firebaseio.com/v0"
+    assert s.story_lists == ("topstories",)
+    assert (s.top_n, s.comment_threshold, s.poll_interval) == (30, (100,), 60.0)
+    assert (s.max_concurrency, s.fetch_attempts, s.fetch_timeout, s.max_comments) == (32, 5, 10.0, 20000)
+    assert (s.smtp_host, s.smtp_port, s.smtp_security) == (None, 587, "starttls")
+    assert (s.sender, s.recipients) == ("alerts@localhost", ("you@localhost",))
+    assert (s.state_db, s.outbox_dir) == (Path("alerts.sqlite3"), Path("outbox"))
+    assert (s.shutdown_timeout, s.log_level) == (30.0, "INFO")
+    assert (s.templates / "alert.html").is_file()
+
+
+def test_lists_and_tiers_parse_from_comma_lists() -> None:
+    """Comma lists are split and trimmed; repeated list names are dropped."""
+    s = load_settings(
+        {
+            "ALERTS_STORY_LISTS": "topstories, askstories,topstories",
+            "ALERTS_COMMENT_THRESHOLD": "50, 100,250",
+            "ALERTS_EMAIL_TO": "a@example.org, b@example.org",
+            "ALERTS_POLL_INTERVAL": "0.5",
+        },
+        env_file=None,
+    )
+    assert s.story_lists == ("topstories", "askstories")
+    assert s.comment_threshold == (50, 100, 250)
+    assert s.recipients == ("a@example.org", "b@example.org")
+    assert s.poll_interval == 0.5
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    """./.env supplies settings; a variable set in the environment overrides it."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("ALERTS_TOP_N=7\nALERTS_POLL_INTERVAL=5\n")
+    s = load_settings({"ALERTS_POLL_INTERVAL": "9"}, env_file=str(dotenv))
+    assert (s.top_n, s.poll_interval) == (7, 9.0)
+
+
+def test_password_never_prints() -> None:
+    """The SMTP password is a secret: repr and str of the settings do not show it."""
+    s = load_settings({"ALERTS_SMTP_USERNAME": "u", "ALERTS_SMTP_PASSWORD": "hunter2-secret"}, env_file=None)
+    assert "hunter2-secret" not in repr(s) and "hunter2-secret" not in str(s)
+
+
+BAD = [
+    ("ALERTS_TOP_N", "abc"),
+    ("ALERTS_TOP_N", "0"),
+    ("ALERTS_POLL_INTERVAL", "0"),
+    ("ALERTS_POLL_INTERVAL", "-3"),
+    ("ALERTS_MAX_CONCURRENCY", "0"),
+    ("ALERTS_FETCH_ATTEMPTS", "0"),
+    ("ALERTS_FETCH_TIMEOUT", "fast"),
+    ("ALERTS_MAX_COMMENTS", "-1"),
+    ("ALERTS_COMMENT_THRESHOLD", "100,50"),
+    ("ALERTS_COMMENT_THRESHOLD", "100,100"),
+    ("ALERTS_COMMENT_THRESHOLD", "ten"),
+    ("ALERTS_COMMENT_THRESHOLD", "0"),
+    ("ALERTS_STORY_LISTS", "topstories,hotstories"),
+    ("ALERTS_HN_API_URL", "ftp://example.org/v0"),
+    ("ALERTS_HN_API_URL", "not a url"),
+    ("ALERTS_SMTP_PORT", "70000"),
+    ("ALERTS_SMTP_SECURITY", "ssl"),
+    ("ALERTS_EMAIL_TO", "me@example.org,not-an-address"),
+    ("ALERTS_EMAIL_FROM", "nobody"),
+    ("ALERTS_SHUTDOWN_TIMEOUT", "-1"),
+    ("ALERTS_LOG_LEVEL", "LOUD"),
+    ("ALERTS_TEMPLATES_DIR", "/nonexistent/templates"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{n}={v}" for n, v in BAD])
+def test_bad_value_names_the_variable(name: str, value: str) -> None:
+    """Each bad value raises ConfigError naming its ALERTS_* variable."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value}, env_file=None)
+    assert info.value.name == name
+
+
+def test_smtp_needs_from_and_to() -> None:
+    """With ALERTS_SMTP_HOST set, a missing sender or recipient list is named."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"ALERTS_SMTP_HOST": "smtp.example.org"}, env_file=None)
+    assert info.value.name == "ALERTS_EMAIL_FROM"
+    with pytest.raises(ConfigError) as info:
+        load_settings({"ALERTS_SMTP_HOST": "smtp.example.org", "ALERTS_EMAIL_FROM": "a@example.org"}, env_file=None)
+    assert info.value.name == "ALERTS_EMAIL_TO"
+
+
+def test_login_needs_both_halves() -> None:
+    """A username without a password (or the reverse) is a settings error."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"ALERTS_SMTP_USERNAME": "u"}, env_file=None)
+    assert info.value.name == "ALERTS_SMTP_PASSWORD"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ALERTS_TOP_N", "many"), ("ALERTS_COMMENT_THRESHOLD", "250,100"), ("ALERTS_SMTP_SECURITY", "tls1")],
+)
+@pytest.mark.parametrize("command", [["run", "--once"], ["check", "1"], ["test-email"]])
+def test_cli_exits_2_with_one_line(tmp_path: Path, name: str, value: str, command: list[str]) -> None:
+    """Every command exits 2 on a bad setting, with one stderr line naming it and no traceback."""
+    result = run_cli(command, {name: value}, tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_in_dotenv_exits_2(tmp_path: Path) -> None:
+    """A bad value in ./.env is reported like one in the environment."""
+    (tmp_path / ".env").write_text("ALERTS_MAX_CONCURRENCY=lots\n")
+    result = run_cli(["run", "--once"], {}, tmp_path)
+    assert result.returncode == 2
+    assert "ALERTS_MAX_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,103 @@
+"""In-process: the state DB and the cycle's fire-and-forget sends."""
+
+from __future__ import annotations
+
+import asyncio
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alerts.errors import StateError
+from alerts.model import Alert, Story
+from alerts.store import Store
+from tests import trees
+from tests.fakehn import FakeHN
+
+
+def alert(story_id: int = 1, tier: int = 100) -> Alert:
+    return Alert(Story(story_id, "T", "u", 1, None, 5), tier, tier + 1)
+
+
+async def test_enqueue_is_idempotent_and_survives_reopen(tmp_path: Path) -> None:
+    """The same (story, tier) is queued once; the outbox and the sent mark persist on disk."""
+    db = tmp_path / "s.sqlite3"
+    store = await Store.open(db)
+    assert await store.enqueue(alert()) is True
+    assert await store.enqueue(alert()) is False
+    assert await store.enqueue(alert(tier=250)) is True
+    await store.mark_sent((1, "tier", 100))
+    await store.close()
+    store = await Store.open(db)
+    try:
+        assert await store.pending() == [(1, "tier", 250)]
+        assert await store.alerted_tiers([1, 2]) == {1: 250}
+        assert await store.counts() == {"pending": 1, "sent": 1, "failed": 0}
+    finally:
+        await store.close()
+
+
+async def test_second_open_is_refused_while_locked(tmp_path: Path) -> None:
+    """A DB held by one Store cannot be opened by another."""
+    store = await Store.open(tmp_path / "s.sqlite3")
+    try:
+        with pytest.raises(StateError, match="in use by another hn-alerts process"):
+            await Store.open(tmp_path / "s.sqlite3")
+    finally:
+        await store.close()
+
+
+async def test_unwritable_location_is_a_clear_state_error(tmp_path: Path) -> None:
+    """A state DB path under a regular file fails with StateError naming ALERTS_STATE_DB."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StateError, match="ALERTS_STATE_DB"):
+        await Store.open(tmp_path / "file" / "s.sqlite3")
+
+
+class BlockedSender:
+    """A sender that holds every mail until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.sent: list[EmailMessage] = []
+
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> None:
+        self.started.set()
+        await self.release.wait()
+        self.sent.append(message)
+
+    def describe(self) -> str:
+        return "blocked sender"
+
+
+async def test_cycle_never_awaits_a_send(hn: FakeHN, env: dict[str, str], app_factory: Any) -> None:
+    """The cycle returns while its send is still blocked; the registry owns the send until it ends."""
+    hn.add_story(1, trees.wide(1_000, 120))
+    hn.set_list("topstories", [1])
+    sender = BlockedSender()
+    app = await app_factory(env, sender=sender)
+    report = await app.service.run_cycle()
+    assert report.alerts == 1
+    await asyncio.wait_for(sender.started.wait(), 5)
+    assert len(app.registry) == 1 and sender.sent == []
+    assert await app.store.pending() == [(1, "tier", 100)]
+    sender.release.set()
+    await app.registry.join()
+    assert len(sender.sent) == 1
+    assert await app.store.pending() == []
+
+
+async def test_cycle_dispatches_outbox_left_from_before(hn: FakeHN, env: dict[str, str], app_factory: Any) -> None:
+    """An entry pending from an earlier run is sent in the next cycle even if nothing new is due."""
+    hn.set_list("topstories", [])
+    store = await Store.open(Path(env["ALERTS_STATE_DB"]))
+    await store.enqueue(alert(story_id=77))
+    await store.close()
+    sender = BlockedSender()
+    sender.release.set()
+    app = await app_factory(env, sender=sender)
+    await app.service.run_cycle()
+    await app.registry.join()
+    assert [m["X-HN-Alerts-Story"] for m in sender.sent] == ["77"]

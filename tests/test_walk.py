@@ -1,0 +1,111 @@
+"""The walk counts exactly, over real HTTP, whatever the tree holds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from alerts.hn import HNClient, RetryPolicy
+from alerts.walk import walk_kids
+from tests import trees
+from tests.fakehn import FakeHN
+
+
+@pytest.fixture
+async def client(hn: FakeHN) -> AsyncIterator[HNClient]:
+    async with httpx.AsyncClient(timeout=5) as http:
+        yield HNClient(http, hn.url, max_concurrency=16, retry=RetryPolicy(attempts=3, backoff=0))
+
+
+async def count(client: HNClient, story_id: int, max_items: int = 20_000) -> tuple[int, bool, bool]:
+    root = await client.item(story_id)
+    assert root is not None
+    result = await walk_kids(client, root, max_items=max_items)
+    return result.comments, result.complete, result.capped
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        trees.generated(1_000, live=300, dead=40, deleted=35, depth=12, seed=7),
+        trees.generated(1_000, live=50, dead=50, deleted=50, depth=30, fanout=2, seed=8),
+        trees.chain(1_000, 60),
+        trees.wide(1_000, 400),
+    ],
+    ids=["mixed", "mostly-dead-deep", "chain-60", "wide-400"],
+)
+async def test_exact_count_on_generated_trees(hn: FakeHN, client: HNClient, tree: trees.Tree) -> None:
+    """Live comments are counted once each, walking through dead and deleted ones."""
+    hn.add_story(1, tree)
+    assert await count(client, 1) == (tree.live, True, False)
+    assert hn.item_requests == 1 + tree.comments
+
+
+@pytest.mark.parametrize(
+    ("name", "live"),
+    [("hn-thread-26312516", 485), ("hn-thread-9646971", 296), ("partial-hn-thread-25015967", 1968)],
+)
+async def test_exact_count_on_real_threads(hn: FakeHN, client: HNClient, name: str, live: int) -> None:
+    """Real HN thread shapes (with their dead and deleted flags) count exactly."""
+    story, tree = trees.from_shared(name)
+    hn.put_story(story, tree)
+    assert await count(client, int(story["id"])) == (live, True, False)
+
+
+async def test_null_items_count_nothing(hn: FakeHN, client: HNClient) -> None:
+    """Kids that the API answers with null are skipped, the walk stays complete."""
+    tree = trees.with_nulls(trees.generated(1_000, live=80, dead=5, depth=6, seed=3), 12, seed=3)
+    hn.add_story(1, tree)
+    assert await count(client, 1) == (80, True, False)
+
+
+async def test_cycle_in_kids_ends_and_counts_once(hn: FakeHN, client: HNClient) -> None:
+    """An id that appears again among its own descendants is fetched and counted once."""
+    tree = trees.with_cycle(trees.generated(1_000, live=120, deleted=6, depth=8, seed=5))
+    hn.add_story(1, tree)
+    assert await count(client, 1) == (tree.live, True, False)
+    assert max(hn.requests.values()) == 1
+
+
+async def test_duplicate_kid_ids_count_once(hn: FakeHN, client: HNClient) -> None:
+    """A kid listed twice under one parent is fetched once."""
+    tree = trees.wide(1_000, 3)
+    hn.add_story(1, tree)
+    hn.items[1]["kids"] = [1_000, 1_000, 1_001, 1_002, 1_001]
+    assert await count(client, 1) == (3, True, False)
+
+
+async def test_max_comments_caps_the_walk(hn: FakeHN, client: HNClient) -> None:
+    """A walk fetches at most ALERTS_MAX_COMMENTS items and says it was capped."""
+    hn.add_story(1, trees.wide(1_000, 500))
+    comments, complete, capped = await count(client, 1, max_items=200)
+    assert (comments, complete, capped) == (200, True, True)
+    assert hn.item_requests == 201
+
+
+async def test_malformed_item_counts_nothing_after_its_attempts(hn: FakeHN, client: HNClient) -> None:
+    """An item whose JSON stays malformed is tried 3 times, counts nothing, its siblings still count."""
+    tree = trees.wide(1_000, 10)
+    hn.add_story(1, tree)
+    hn.malformed(1_004)
+    assert await count(client, 1) == (9, True, False)
+    assert hn.requests["/v0/item/1004.json"] == 3
+
+
+async def test_unfetchable_item_makes_the_walk_incomplete(hn: FakeHN, client: HNClient) -> None:
+    """An item that fails with 503 on every attempt leaves an incomplete walk with a lower bound."""
+    tree = trees.chain(1_000, 5)
+    hn.add_story(1, tree)
+    hn.fail("/v0/item/1002.json", times=3, status=503)
+    assert await count(client, 1) == (2, False, False)
+
+
+async def test_transient_faults_still_count_exactly(hn: FakeHN, client: HNClient) -> None:
+    """Every request failing twice (503 then 429) before it succeeds still gives the exact count."""
+    tree = trees.generated(1_000, live=60, dead=4, deleted=3, depth=5, seed=11)
+    hn.add_story(1, tree)
+    hn.fail_all(2, status=503)
+    assert await count(client, 1) == (60, True, False)
+    assert hn.item_requests == 3 * (1 + tree.comments)
