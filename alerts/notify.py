@@ -42,6 +42,7 @@ class Notifier:
         recipients: tuple[str, ...],
         attempts: int = 3,
         backoff: float = 1.0,
+        max_parallel: int = 4,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._store = store
@@ -52,6 +53,8 @@ class Notifier:
         self._attempts = attempts
         self._backoff = backoff
         self._sleep = sleep
+        # Many alerts in one cycle must not open dozens of SMTP connections at once.
+        self._parallel = asyncio.Semaphore(max_parallel)
 
     async def deliver(self, key: Key) -> bool:
         """Send the outbox entry ``key``; true once it is (or already was) accepted."""
@@ -95,7 +98,8 @@ class Notifier:
 
     async def _send_once(self, key: Key, message: Any) -> None:
         try:
-            await self._sender.send(message, sender=self._from, recipients=self._to)
+            async with self._parallel:
+                await self._sender.send(message, sender=self._from, recipients=self._to)
         except PermanentDeliveryError:
             raise
         except DeliveryError as exc:

@@ -170,9 +170,16 @@ class Service:
             raise poller.exception()  # type: ignore[misc]
 
     async def run_once(self) -> bool:
-        """One cycle, then deliver everything due; true when every due alert went out."""
-        await self.run_cycle()
-        await self.drain()
+        """One cycle, then deliver everything due; true when every due alert went out.
+
+        Entries left in the outbox go out even when the cycle itself fails
+        (the error is raised after the drain).
+        """
+        await self.dispatch_pending()
+        try:
+            await self.run_cycle()
+        finally:
+            await self.drain()
         return await self._all_delivered()
 
     async def drain(self) -> None:

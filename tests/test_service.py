@@ -192,3 +192,20 @@ def test_story_list_failure_skips_only_that_list(hn: FakeHN, env: dict[str, str]
     assert result.returncode == 0, result.stderr
     assert "list topstories not read" in result.stderr
     assert (tmp_path / "outbox" / "1-tier-100.eml").exists()
+
+
+def test_once_with_the_api_down_still_delivers_the_outbox(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """--once with every list failing delivers what waited in the outbox, then exits 1 naming the failure."""
+    hn.add_story(1, trees.wide(1_000, 120), title="Waiting")
+    hn.set_list("topstories", [1])
+    dead_port = free_port()
+    assert run_cli(["run", "--once"], with_smtp(env, SmtpServer(port=dead_port)), tmp_path).returncode == 1
+    assert statuses(tmp_path) == {1: "pending"}
+    hn.fail("/v0/topstories.json", times=100, status=503)
+    result = run_cli(["run", "--once"], with_smtp(env, smtp), tmp_path)
+    assert result.returncode == 1
+    assert "no story list could be read" in result.stderr and "Traceback" not in result.stderr
+    assert smtp.subjects() == ["[HN] Waiting — 120 comments"]
+    assert statuses(tmp_path) == {1: "sent"}
