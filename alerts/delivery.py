@@ -1,6 +1,7 @@
 """Delivery: hand a rendered mail to an SMTP server, or write it as an .eml file.
 
-A sender either returns (the mail was accepted), raises
+A sender either returns (the mail was accepted, for at least one recipient;
+it returns the refused ones with the server's reply), raises
 :class:`PermanentDeliveryError` (a 5xx reply: never retried) or raises
 :class:`DeliveryError` (anything else: the mail stays in the outbox).
 """
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 class Sender(Protocol):
     """Something that delivers one mail to the given recipients."""
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> None:
-        """Deliver ``message`` or raise :class:`DeliveryError`."""
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
+        """Deliver ``message`` or raise :class:`DeliveryError`; return refused recipients and replies."""
         ...
 
     def describe(self) -> str:
@@ -64,8 +65,11 @@ class SmtpSender:
         who = f" as {self._username}" if self._username else ""
         return f"SMTP {self._host}:{self._port} ({self._security}){who}"
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> None:
-        """Send ``message`` to exactly ``recipients`` (never to addresses found in its headers)."""
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
+        """Send ``message`` to exactly ``recipients`` (never to addresses found in its headers).
+
+        Returns the recipients the server refused while accepting the others.
+        """
         if self._local_hostname is None:
             # socket.getfqdn() can block on DNS; do it once, off the loop.
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
@@ -93,8 +97,7 @@ class SmtpSender:
             raise DeliveryError(text) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
-        for rcpt, refusal in errors.items():
-            log.warning("recipient %s refused: %s %s", rcpt, refusal.code, refusal.message)
+        return {rcpt: f"{refusal.code} {refusal.message}" for rcpt, refusal in errors.items()}
 
 
 def _classify_refusals(refusals: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError:
@@ -115,13 +118,14 @@ class FileSender:
         """The folder .eml files go to."""
         return f".eml files in {self._folder}"
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> None:
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
         """Write the mail atomically; a later write of the same alert replaces it."""
         name = _file_name(message)
         try:
             await asyncio.to_thread(self._write, name, message.as_bytes())
         except OSError as exc:
             raise DeliveryError(f"cannot write {self._folder / name}: {exc.strerror}") from exc
+        return {}
 
     def _write(self, name: str, data: bytes) -> None:
         self._folder.mkdir(parents=True, exist_ok=True)

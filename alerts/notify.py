@@ -66,7 +66,7 @@ class Notifier:
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    await self._send_once(key, message)
+                    refused = await self._send_once(key, message)
         except PermanentDeliveryError as exc:
             await self._store.mark_failed(key, str(exc))
             log.error("alert refused for good, not retried: story %d tier %d: %s", story.id, key[2], exc)
@@ -74,7 +74,10 @@ class Notifier:
         except DeliveryError as exc:
             log.warning("alert not sent, stays in the outbox: story %d tier %d: %s", story.id, key[2], exc)
             return False
-        await self._store.mark_sent(key)
+        note = "; ".join(f"{rcpt} refused: {reply}" for rcpt, reply in refused.items()) or None
+        await self._store.mark_sent(key, note)
+        if note:
+            log.error("alert for story %d not delivered to every recipient: %s", story.id, note)
         log.info(
             "alert sent: story %d %r, %d comments (tier %d) via %s",
             story.id,
@@ -96,10 +99,10 @@ class Notifier:
             reraise=True,
         )
 
-    async def _send_once(self, key: Key, message: Any) -> None:
+    async def _send_once(self, key: Key, message: Any) -> dict[str, str]:
         try:
             async with self._parallel:
-                await self._sender.send(message, sender=self._from, recipients=self._to)
+                return await self._sender.send(message, sender=self._from, recipients=self._to)
         except PermanentDeliveryError:
             raise
         except DeliveryError as exc:

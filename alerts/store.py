@@ -206,9 +206,12 @@ class Store:
             return None
         return OutboxEntry(Alert.from_json(json.loads(row[0])), row[1], row[2], row[3])
 
-    async def mark_sent(self, key: Key) -> None:
-        """The server accepted the mail: it is never sent again."""
-        await self._run(self._finish, key, "sent", None, self._clock())
+    async def mark_sent(self, key: Key, note: str | None = None) -> None:
+        """The server accepted the mail: it is never sent again.
+
+        ``note`` records recipients the server refused while accepting the rest.
+        """
+        await self._run(self._finish, key, "sent", note, self._clock())
 
     async def mark_failed(self, key: Key, error: str) -> None:
         """The server refused the mail for good: record its reply, never retry."""

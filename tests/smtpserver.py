@@ -47,6 +47,9 @@ class Handler:
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> permanent answer
     data_delay: float = 0.0
     rcpt_delay: float = 0.0
+    # When set, DATA records the mail and then holds its 250 reply until this event is set:
+    # the window where the server has the mail but the client does not know it yet.
+    hold_reply: threading.Event | None = None
     rcpt_started: threading.Event = field(default_factory=threading.Event)
     data_started: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,6 +74,8 @@ class Handler:
                 return self.data_replies.pop(0)
             data = envelope.content if isinstance(envelope.content, bytes) else b""
             self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        if self.hold_reply is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.hold_reply.wait, 30)
         return "250 Message accepted"
 
 

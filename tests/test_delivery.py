@@ -130,8 +130,9 @@ async def test_one_refused_recipient_does_not_stop_the_others(smtp: SmtpServer) 
     """A 550 for one recipient: the mail still goes to the other."""
     smtp.handler.rcpt_replies = {"you@example.org": "550 5.1.1 no such user"}
     sender = SmtpSender("127.0.0.1", smtp.port, security="none", timeout=5)
-    await sender.send(mail(), sender="alerts@example.org", recipients=TO)
+    refused = await sender.send(mail(), sender="alerts@example.org", recipients=TO)
     assert smtp.received[0].rcpt_tos == ["me@example.org"]
+    assert refused == {"you@example.org": "550 5.1.1 no such user"}
 
 
 async def test_every_recipient_refused_is_permanent(smtp: SmtpServer) -> None:

@@ -63,10 +63,11 @@ class BlockedSender:
         self.started = asyncio.Event()
         self.sent: list[EmailMessage] = []
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> None:
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
         self.started.set()
         await self.release.wait()
         self.sent.append(message)
+        return {}
 
     def describe(self) -> str:
         return "blocked sender"
