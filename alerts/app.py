@@ -24,6 +24,7 @@ def make_hn(settings: Settings, http: httpx.AsyncClient) -> HNClient:
         http,
         settings.hn_api_url,
         max_concurrency=settings.max_concurrency,
+        request_timeout=settings.fetch_timeout,
         retry=RetryPolicy(
             attempts=settings.fetch_attempts,
             backoff=settings.fetch_backoff,
@@ -33,8 +34,10 @@ def make_hn(settings: Settings, http: httpx.AsyncClient) -> HNClient:
 
 
 def make_renderer(settings: Settings) -> Renderer:
-    """The mail renderer, templates loaded once."""
-    return Renderer(settings.templates, sender=settings.sender, recipients=settings.recipients)
+    """The mail renderer, templates loaded and tried once."""
+    renderer = Renderer(settings.templates, sender=settings.sender, recipients=settings.recipients)
+    renderer.check()
+    return renderer
 
 
 @dataclass

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import NoReturn
 
 from alerts import __version__
 from alerts.app import make_hn, make_renderer, open_app
-from alerts.config import Settings, load_settings
+from alerts.config import Settings, load_settings, unknown_variables
 from alerts.delivery import make_sender
 from alerts.errors import AlertsError, ConfigError, DeliveryError, FetchError
 from alerts.hn import make_http_client
@@ -75,7 +76,8 @@ def setup_logging(level: str) -> None:
     if level != "DEBUG":
         # httpx logs every request at INFO; our cycle line sums them up.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # httpcore's DEBUG is a dozen lines per request; httpx's one line is enough.
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alerts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level)
+    for name in unknown_variables(os.environ):
+        log.warning("%s is not a setting of this version; ignored", name)
     try:
         if args.command == "run":
             return asyncio.run(_run(settings, once=args.once))
@@ -99,30 +103,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlertsError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_OK
+    except Exception as exc:
+        log.error("failed: %r", exc, exc_info=settings.log_level == "DEBUG")
+        return EXIT_FAILURE
 
 
 async def _run(settings: Settings, *, once: bool) -> int:
     async with open_app(settings) as app:
         log.info(
-            "hn-alerts %s: %s top %d every %g s, tiers %s, mail to %s via %s",
+            "hn-alerts %s: %s top %d %s, tiers %s, mail to %s via %s",
             __version__,
             ",".join(settings.story_lists),
             settings.top_n,
-            settings.poll_interval,
+            "once" if once else f"every {settings.poll_interval:g} s",
             ",".join(map(str, settings.comment_threshold)),
             ", ".join(settings.recipients),
             app.sender.describe(),
         )
-        if once:
-            delivered = await app.service.run_once()
-            return EXIT_OK if delivered else EXIT_FAILURE
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _on_signal, sig, stop)
         try:
+            if once:
+                delivered = await app.service.run_once(stop)
+                return EXIT_OK if delivered else EXIT_FAILURE
             await app.service.run(stop)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -149,7 +154,7 @@ async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
         if root is None:
             log.error("item %d does not exist (the API answered null)", item_id)
             return EXIT_FAILURE
-        result = await walk_kids(hn, root, max_items=settings.max_comments)
+        result = await walk_kids(hn, item_id, root, max_items=settings.max_comments)
         seconds = time.perf_counter() - started
         title = str(root.get("title") or "")
         if as_json:
@@ -177,13 +182,14 @@ async def _test_email(settings: Settings) -> int:
     sender = make_sender(settings)
     story = Story(
         id=8863,
-        title="hn-alerts test mail",
+        title="hn-alerts test mail: delivery works",
         by="hn-alerts",
-        score=1,
-        url="https://github.com/",
-        descendants=0,
+        score=42,
+        url="https://news.ycombinator.com/",
+        descendants=123,
     )
-    message = renderer.render(Alert(story, tier=0, comments=0, kind=f"test{int(time.time())}"))
+    # A fresh Message-ID each time, so a server that drops repeats still shows the test.
+    message = renderer.render(Alert(story, tier=100, comments=123, kind=f"test{int(time.time())}"))
     try:
         await sender.send(message, sender=settings.sender, recipients=settings.recipients)
     except DeliveryError as exc:

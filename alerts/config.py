@@ -30,7 +30,10 @@ _ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.?[^@\s<>\"',;]*$")
 def _split(value: Any) -> Any:
     """Turn a comma list from the environment into a tuple of stripped items."""
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        parts = tuple(part.strip() for part in value.split(","))
+        if any(not p for p in parts):
+            raise ValueError(f"empty item in comma list {value!r}")
+        return parts
     return value
 
 
@@ -60,6 +63,7 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
         extra="ignore",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     hn_api_url: str = "https://hacker-news.firebaseio.com/v0"
@@ -185,7 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         err = exc.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
         raw = err.get("input")
-        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and str(raw) not in msg else ""
+        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and repr(raw) not in msg else ""
         raise ConfigError(_variable(err["loc"]), msg + shown) from None
     _check_combination(settings)
     return settings
@@ -206,7 +210,19 @@ def _check_combination(s: Settings) -> None:
     if (s.smtp_username is None) != (s.smtp_password is None):
         missing = "ALERTS_SMTP_PASSWORD" if s.smtp_password is None else "ALERTS_SMTP_USERNAME"
         raise ConfigError(missing, "set both ALERTS_SMTP_USERNAME and ALERTS_SMTP_PASSWORD, or neither")
+    if s.state_db.is_dir():
+        raise ConfigError(
+            "ALERTS_STATE_DB", f"{s.state_db} is a folder; name a file such as {s.state_db}/alerts.sqlite3"
+        )
+    if not s.smtp_host and s.outbox_dir.exists() and not s.outbox_dir.is_dir():
+        raise ConfigError("ALERTS_OUTBOX_DIR", f"{s.outbox_dir} exists and is not a folder")
     folder = s.templates
     missing_templates = [n for n in TEMPLATE_NAMES if not (folder / n).is_file()]
     if missing_templates:
         raise ConfigError("ALERTS_TEMPLATES_DIR", f"{folder} lacks {', '.join(missing_templates)}")
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """ALERTS_* names in ``env`` that are not settings of this version (typos, or rules not built yet)."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in env if k.startswith(PREFIX) and k not in known)

@@ -11,6 +11,7 @@ and most also inherit the builtin they resemble, so callers may catch either::
     │   │                                 (retried; raised once attempts are spent)
     │   ├── MalformedItemError (+ValueError)  the body was not JSON
     │   └── RejectedFetchError            a 4xx other than 429, never retried
+    ├── RenderError (ValueError)          a template failed on an alert
     └── DeliveryError (ConnectionError)   a mail was not accepted
         └── PermanentDeliveryError        the server refused it for good (5xx)
 """
@@ -64,6 +65,10 @@ class MalformedItemError(FetchError, ValueError):
 
 class RejectedFetchError(FetchError):
     """The API answered a 4xx other than 429; asking again will not help."""
+
+
+class RenderError(AlertsError, ValueError):
+    """A template could not render an alert."""
 
 
 class DeliveryError(AlertsError, ConnectionError):

@@ -75,6 +75,8 @@ def retry_after_seconds(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" means UTC with no zone named
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
@@ -91,6 +93,7 @@ class HNClient:
         *,
         max_concurrency: int = 32,
         retry: RetryPolicy | None = None,
+        request_timeout: float | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._http = http
@@ -98,6 +101,7 @@ class HNClient:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._deadline = request_timeout
         self.fetches = 0
 
     async def item(self, item_id: int) -> Item | None:
@@ -110,7 +114,7 @@ class HNClient:
         data = await self._get_json(f"{self._base}/{name}.json")
         if not isinstance(data, list):
             raise MalformedItemError(f"{self._base}/{name}.json", "expected a list of ids")
-        return [i for i in data if isinstance(i, int)]
+        return [i for i in data if isinstance(i, int) and not isinstance(i, bool)]
 
     async def _get_json(self, url: str) -> Any:
         retrying = AsyncRetrying(
@@ -130,11 +134,18 @@ class HNClient:
         async with self._limit:
             self.fetches += 1
             try:
-                response = await self._http.get(url)
-            except httpx.TimeoutException as exc:
+                # httpx's timeout bounds each phase; this bounds the whole request,
+                # so a server trickling bytes cannot hold a slot for ever.
+                async with asyncio.timeout(self._deadline):
+                    response = await self._http.get(url)
+            except (httpx.TimeoutException, TimeoutError) as exc:
                 raise RetryableFetchError(url, f"timeout ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
                 raise RetryableFetchError(url, f"{type(exc).__name__}: {exc}") from exc
+            except httpx.DecodingError as exc:
+                raise MalformedItemError(url, f"undecodable body: {exc}") from exc
+            except httpx.RequestError as exc:  # too many redirects, an invalid URL ...
+                raise RejectedFetchError(url, f"{type(exc).__name__}: {exc}") from exc
         status = response.status_code
         if status == 429 or status >= 500:
             raise RetryableFetchError(url, f"HTTP {status}", retry_after_seconds(response.headers.get("retry-after")))

@@ -17,8 +17,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError, select_autoescape
 
-from alerts.errors import ConfigError
-from alerts.model import Alert
+from alerts.errors import ConfigError, RenderError
+from alerts.model import Alert, Story
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 MAX_SUBJECT = 250
@@ -56,8 +56,25 @@ class Renderer:
         self._sender = sender
         self._recipients = recipients
 
+    def check(self) -> None:
+        """Render a sample alert once, so a broken template is a settings error at start-up."""
+        sample = Story(1, "Sample <title> & text", "someone", 42, "https://example.com/", 120)
+        try:
+            self.render(Alert(sample, tier=100, comments=120))
+        except RenderError as exc:
+            raise ConfigError("ALERTS_TEMPLATES_DIR", f"template error: {exc}") from exc
+
     def render(self, alert: Alert, *, now: float | None = None) -> EmailMessage:
-        """One multipart/alternative mail (text and HTML) for ``alert``."""
+        """One multipart/alternative mail (text and HTML) for ``alert``.
+
+        Raises :class:`RenderError` when a template fails on it.
+        """
+        try:
+            return self._render(alert, now)
+        except Exception as exc:  # a user's template may raise anything
+            raise RenderError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _render(self, alert: Alert, now: float | None) -> EmailMessage:
         context: dict[str, Any] = {
             "alert": alert,
             "story": alert.story,
@@ -73,7 +90,7 @@ class Renderer:
         msg["Subject"] = subject
         msg["From"] = self._sender
         msg["To"] = ", ".join(self._recipients)
-        msg["Date"] = formatdate(now, localtime=False)
+        msg["Date"] = formatdate(now, usegmt=True)
         msg["Message-ID"] = message_id(alert.key, self._sender)
         msg["X-HN-Alerts-Story"] = str(alert.story.id)
         msg.set_content(self._text.render(context))

@@ -22,18 +22,18 @@ class Story:
     descendants: int | None
 
     @classmethod
-    def from_item(cls, item: Item) -> Story:
-        """Take a story from an API item, tolerating missing or odd fields."""
+    def from_item(cls, story_id: int, item: Item) -> Story:
+        """Take story ``story_id`` from its API item, tolerating missing or odd fields."""
         score = item.get("score")
         desc = item.get("descendants")
         url = item.get("url")
         return cls(
-            id=int(item["id"]),
-            title=str(item.get("title") or f"Item {item['id']}"),
+            id=story_id,
+            title=str(item.get("title") or f"Item {story_id}"),
             by=str(item.get("by") or "unknown"),
-            score=score if isinstance(score, int) else 0,
+            score=score if isinstance(score, int) and not isinstance(score, bool) else 0,
             url=url if isinstance(url, str) and url.lower().startswith(("http://", "https://")) else None,
-            descendants=desc if isinstance(desc, int) else None,
+            descendants=desc if isinstance(desc, int) and not isinstance(desc, bool) else None,
         )
 
     @property

@@ -22,8 +22,9 @@ from tenacity import (
 )
 
 from alerts.delivery import Sender
-from alerts.errors import DeliveryError, PermanentDeliveryError
+from alerts.errors import DeliveryError, PermanentDeliveryError, RenderError, StateError
 from alerts.mail import Renderer
+from alerts.model import Alert
 from alerts.store import Key, Store
 
 log = logging.getLogger(__name__)
@@ -55,38 +56,66 @@ class Notifier:
         self._sleep = sleep
         # Many alerts in one cycle must not open dozens of SMTP connections at once.
         self._parallel = asyncio.Semaphore(max_parallel)
+        # Mails the server accepted whose "sent" mark is not yet in the state DB.
+        self._accepted: dict[Key, tuple[str | None, Alert]] = {}
 
     async def deliver(self, key: Key) -> bool:
         """Send the outbox entry ``key``; true once it is (or already was) accepted."""
-        entry = await self._store.get(key)
+        if key in self._accepted:
+            # Accepted earlier, but recording it failed: record it now, never resend.
+            return await self._record_sent(key, *self._accepted[key])
+        try:
+            entry = await self._store.get(key)
+        except (ValueError, KeyError, TypeError) as exc:  # a row this version cannot read
+            return await self._give_up(key, f"unreadable outbox entry: {exc!r}")
         if entry is None or entry.status != "pending":
             return entry is not None and entry.status == "sent"
-        message = self._renderer.render(entry.alert)
-        story = entry.alert.story
+        try:
+            message = self._renderer.render(entry.alert)
+        except RenderError as exc:
+            return await self._give_up(key, f"cannot render the mail: {exc}")
         try:
             async for attempt in self._retrying():
                 with attempt:
                     refused = await self._send_once(key, message)
         except PermanentDeliveryError as exc:
-            await self._store.mark_failed(key, str(exc))
-            log.error("alert refused for good, not retried: story %d tier %d: %s", story.id, key[2], exc)
-            return False
+            return await self._give_up(key, str(exc))
         except DeliveryError as exc:
-            log.warning("alert not sent, stays in the outbox: story %d tier %d: %s", story.id, key[2], exc)
+            log.warning("alert not sent, kept in the outbox: story %d tier %d: %s", key[0], key[2], exc)
             return False
         note = "; ".join(f"{rcpt} refused: {reply}" for rcpt, reply in refused.items()) or None
-        await self._store.mark_sent(key, note)
         if note:
-            log.error("alert for story %d not delivered to every recipient: %s", story.id, note)
+            log.error("alert for story %d not delivered to every recipient: %s", key[0], note)
+        self._accepted[key] = (note, entry.alert)
+        return await self._record_sent(key, note, entry.alert)
+
+    async def _record_sent(self, key: Key, note: str | None, alert: Alert) -> bool:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(5),
+            wait=wait_exponential_jitter(multiplier=0.5, max=10) if self._backoff > 0 else wait_none(),
+            retry=retry_if_exception_type(StateError),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._store.mark_sent(key, note)
+        del self._accepted[key]
         log.info(
             "alert sent: story %d %r, %d comments (tier %d) via %s",
-            story.id,
-            story.title,
-            entry.alert.comments,
+            key[0],
+            alert.story.title,
+            alert.comments,
             key[2],
             self._sender.describe(),
         )
         return True
+
+    async def _give_up(self, key: Key, reason: str) -> bool:
+        """Record a permanent failure: logged once, never retried, blocking nothing else."""
+        await self._store.mark_failed(key, reason)
+        log.error("alert refused for good, not retried: story %d tier %d: %s", key[0], key[2], reason)
+        return False
 
     def _retrying(self) -> AsyncRetrying:
         return AsyncRetrying(

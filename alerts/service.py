@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from alerts.config import Settings
-from alerts.errors import FetchError
+from alerts.errors import FetchError, StateError
 from alerts.hn import HNClient
 from alerts.model import Alert, Story
 from alerts.notify import Notifier
@@ -50,6 +52,7 @@ class Service:
         self._notifier = notifier
         self._registry = registry
         self._cycles = 0
+        self._track = False
         self.dispatched: set[Key] = set()
 
     async def dispatch_pending(self) -> int:
@@ -62,7 +65,7 @@ class Service:
 
     def _spawn(self, key: Key) -> bool:
         task = self._registry.spawn(key, self._notifier.deliver(key))
-        if task is not None:
+        if task is not None and self._track:
             self.dispatched.add(key)
         return task is not None
 
@@ -113,19 +116,27 @@ class Service:
         return list(ids)
 
     async def _check(self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport) -> None:
+        """Check one story; whatever goes wrong stays with this story and this cycle."""
         try:
-            item = await self._hn.item(story_id)
-        except FetchError as exc:
+            await self._check_story(story_id, last, alerted, report)
+        except (FetchError, StateError) as exc:
             report.incomplete.append(story_id)
-            log.warning("story %d not read: %s", story_id, exc)
+            log.warning("story %d not checked: %s", story_id, exc)
+        except Exception as exc:
+            report.incomplete.append(story_id)
+            log.warning("story %d not checked: %r", story_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+
+    async def _check_story(
+        self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport
+    ) -> None:
+        item = await self._hn.item(story_id)
+        if item is None or item.get("deleted") or item.get("dead"):
             return
-        if item is None or item.get("deleted") or item.get("dead") or "id" not in item:
-            return
-        story = Story.from_item(item)
+        story = Story.from_item(story_id, item)
         if last is not None and not needs_walk(story.descendants, last.descendants):
             count = last.comments
         else:
-            result = await walk_kids(self._hn, item, max_items=self._settings.max_comments)
+            result = await walk_kids(self._hn, story_id, item, max_items=self._settings.max_comments)
             report.walked += 1
             count = result.comments
             if result.complete:
@@ -151,33 +162,28 @@ class Service:
     async def _safe_cycle(self) -> None:
         try:
             await self.run_cycle()
+        except FetchError as exc:
+            log.warning("cycle %d failed: %s; the service goes on", self._cycles, exc)
         except Exception:
             log.exception("cycle %d failed; the service goes on", self._cycles)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at a fixed rate until ``stop`` is set, then cancel the cycle and drain sends."""
-        await self.dispatch_pending()
-        poller = asyncio.create_task(fixed_rate(self._safe_cycle, self._settings.poll_interval), name="poller")
-        stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
-            await asyncio.wait({poller, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await _until(fixed_rate(self._safe_cycle, self._settings.poll_interval), stop)
         finally:
-            for task in (poller, stopper):
-                task.cancel()
-            await asyncio.wait({poller, stopper})
             await self.drain()
-        if not poller.cancelled() and poller.exception() is not None:
-            raise poller.exception()  # type: ignore[misc]
 
-    async def run_once(self) -> bool:
+    async def run_once(self, stop: asyncio.Event | None = None) -> bool:
         """One cycle, then deliver everything due; true when every due alert went out.
 
-        Entries left in the outbox go out even when the cycle itself fails
-        (the error is raised after the drain).
+        The cycle hands the outbox's pending entries to the registry before it
+        reads HN, so they go out even when the cycle fails (its error is
+        raised after the drain) or ``stop`` cuts it short.
         """
-        await self.dispatch_pending()
+        self._track = True
         try:
-            await self.run_cycle()
+            await _until(self.run_cycle(), stop or asyncio.Event())
         finally:
             await self.drain()
         return await self._all_delivered()
@@ -193,5 +199,19 @@ class Service:
             if entry is None or entry.status != "sent":
                 undelivered += 1
         if undelivered:
-            log.warning("%d alert(s) not delivered; pending ones stay in the outbox", undelivered)
+            log.warning("%d alert(s) not delivered; the ones not refused for good are kept in the outbox", undelivered)
         return undelivered == 0
+
+
+async def _until(work: Coroutine[Any, Any, Any], stop: asyncio.Event) -> None:
+    """Await ``work`` unless ``stop`` is set first; then cancel it and wait for it to end."""
+    task = asyncio.create_task(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (task, stopper):
+            t.cancel()
+        await asyncio.wait({task, stopper})
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]

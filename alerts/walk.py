@@ -71,16 +71,7 @@ class _Walk:
     result: WalkResult
     seen: set[int] = field(default_factory=set)
 
-    async def visit_all(self, ids: list[int]) -> None:
-        fresh = [i for i in ids if self._claim(i)]
-        if len(fresh) == 1:
-            await self.visit(fresh[0])
-        elif fresh:
-            async with asyncio.TaskGroup() as group:
-                for item_id in fresh:
-                    group.create_task(self.visit(item_id))
-
-    def _claim(self, item_id: int) -> bool:
+    def claim(self, item_id: int) -> bool:
         """Reserve an id for this walk: false if seen before or over the cap."""
         if item_id in self.seen:
             return False
@@ -91,40 +82,56 @@ class _Walk:
         return True
 
     async def visit(self, item_id: int) -> None:
+        """Fetch and count ``item_id`` and its subtree.
+
+        A chain of only children is followed in this loop rather than by
+        recursion, so a reply chain thousands deep cannot exhaust the stack.
+        """
+        while True:
+            item = await self._fetch(item_id)
+            if item is None:
+                return
+            if is_live(item):
+                self.result.comments += 1
+            fresh = [i for i in kid_ids(item) if self.claim(i)]
+            del item
+            if len(fresh) != 1:
+                break
+            item_id = fresh[0]
+        await self.fan_out(fresh)
+
+    async def fan_out(self, ids: list[int]) -> None:
+        """Visit already-claimed ids concurrently; fan in when all are done."""
+        if ids:
+            async with asyncio.TaskGroup() as group:
+                for kid in ids:
+                    group.create_task(self.visit(kid))
+
+    async def _fetch(self, item_id: int) -> Item | None:
+        """The item, or ``None`` (logged) when it counts nothing or could not be fetched."""
         try:
             item = await self.source.item(item_id)
-        except MalformedItemError as exc:
+        except (MalformedItemError, RejectedFetchError) as exc:
             self.result.unreadable += 1
             log.warning("item %d counts nothing: %s", item_id, exc.reason)
-            return
-        except RejectedFetchError as exc:
-            self.result.unreadable += 1
-            log.warning("item %d counts nothing: %s", item_id, exc.reason)
-            return
+            return None
         except FetchError as exc:
             self.result.failed += 1
             log.warning("item %d not fetched, walk of %d incomplete: %s", item_id, self.result.root, exc.reason)
-            return
+            return None
         self.result.visited += 1
         if item is None:
             self.result.unreadable += 1
-            log.info("item %d is null, counts nothing", item_id)
-            return
-        if is_live(item):
-            self.result.comments += 1
-        kids = kid_ids(item)
-        del item
-        if kids:
-            await self.visit_all(kids)
+            log.debug("item %d is null, counts nothing", item_id)
+        return item
 
 
-async def walk_kids(source: ItemSource, root: Item, *, max_items: int) -> WalkResult:
-    """Count the live comments under ``root`` (a story already fetched)."""
-    root_id = int(root.get("id", 0))
+async def walk_kids(source: ItemSource, root_id: int, root: Item, *, max_items: int) -> WalkResult:
+    """Count the live comments under ``root``, the item ``root_id`` already fetched."""
     walk = _Walk(source, max_items, WalkResult(root=root_id))
     walk.seen.add(root_id)
     walk.limit += 1  # the root itself is not one of the walk's fetches
-    await walk.visit_all(kid_ids(root))
+    await walk.fan_out([i for i in kid_ids(root) if walk.claim(i)])
     if walk.result.capped:
         log.warning("walk of %d stopped at ALERTS_MAX_COMMENTS=%d items", root_id, max_items)
     return walk.result

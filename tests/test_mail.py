@@ -73,7 +73,7 @@ def test_message_id_is_fixed_by_story_and_tier() -> None:
 
 def test_non_http_url_is_not_linked() -> None:
     """A javascript: URL from the API is dropped instead of becoming a link."""
-    story = Story.from_item({"id": 1, "title": "t", "url": "javascript:alert(1)"})
+    story = Story.from_item(1, {"id": 1, "title": "t", "url": "javascript:alert(1)"})
     assert story.url is None
 
 

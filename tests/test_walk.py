@@ -22,7 +22,7 @@ async def client(hn: FakeHN) -> AsyncIterator[HNClient]:
 async def count(client: HNClient, story_id: int, max_items: int = 20_000) -> tuple[int, bool, bool]:
     root = await client.item(story_id)
     assert root is not None
-    result = await walk_kids(client, root, max_items=max_items)
+    result = await walk_kids(client, story_id, root, max_items=max_items)
     return result.comments, result.complete, result.capped
 
 
