@@ -33,6 +33,7 @@ class CycleReport:
     seconds: float = 0.0
     walked: int = 0
     incomplete: list[int] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
 
 
 class Service:
@@ -119,12 +120,15 @@ class Service:
         """Check one story; whatever goes wrong stays with this story and this cycle."""
         try:
             await self._check_story(story_id, last, alerted, report)
-        except (FetchError, StateError) as exc:
+        except FetchError as exc:
             report.incomplete.append(story_id)
             log.warning("story %d not checked: %s", story_id, exc)
+        except StateError as exc:
+            report.errors.append(story_id)
+            log.error("story %d not checked: %s", story_id, exc)
         except Exception as exc:
-            report.incomplete.append(story_id)
-            log.warning("story %d not checked: %r", story_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            report.errors.append(story_id)
+            log.error("story %d not checked: %r", story_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
     async def _check_story(
         self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport
@@ -182,11 +186,20 @@ class Service:
         raised after the drain) or ``stop`` cuts it short.
         """
         self._track = True
+        reports: list[CycleReport] = []
+
+        async def cycle() -> None:
+            reports.append(await self.run_cycle())
+
         try:
-            await _until(self.run_cycle(), stop or asyncio.Event())
+            await _until(cycle(), stop or asyncio.Event())
         finally:
             await self.drain()
-        return await self._all_delivered()
+        delivered = await self._all_delivered()
+        errors = sum(len(r.errors) for r in reports)
+        if errors:
+            log.warning("%d story(ies) could not be checked; an alert may be due there", errors)
+        return delivered and not errors
 
     async def drain(self) -> None:
         """Give sends in flight up to ALERTS_SHUTDOWN_TIMEOUT, then cancel them."""

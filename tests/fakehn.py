@@ -209,8 +209,7 @@ class FakeHN:
         self._seed = 0
         self._rng = random.Random(0)
         self._scripts: dict[str, collections.deque[_Fault]] = {}
-        self._fail_all: _Fault | None = None
-        self._fail_all_times = 0
+        self._fail_all: list[_Fault] = []
         self._fail_all_seen: collections.Counter[str] = collections.Counter()
         self._malformed: dict[int, bytes] = {}
         self._delays: dict[str, float] = {}
@@ -351,9 +350,15 @@ class FakeHN:
 
         Counted per path; calling again starts the count over (``times=0`` ends it).
         """
+        self.fail_all_sequence([(status, headers or {})] * times)
+
+    def fail_all_sequence(self, answers: list[tuple[int, dict[str, str]]]) -> None:
+        """Every path answers its first requests with these (status, headers), in order, then succeeds.
+
+        ``[(503, {}), (429, {"Retry-After": "0"})]`` makes each path fail twice, differently.
+        """
         with self.lock:
-            self._fail_all = _Fault("status", status, dict(headers or {}))
-            self._fail_all_times = times
+            self._fail_all = [_Fault("status", status, dict(headers)) for status, headers in answers]
             self._fail_all_seen.clear()
 
     def reset_connection(self, path: str, times: int = 1, *, hard: bool = False) -> None:
@@ -385,8 +390,7 @@ class FakeHN:
         """Forget every scripted fault, ``fail_all``, malformed item and delay."""
         with self.lock:
             self._scripts.clear()
-            self._fail_all = None
-            self._fail_all_times = 0
+            self._fail_all = []
             self._fail_all_seen.clear()
             self._malformed.clear()
             self._delays.clear()
@@ -441,9 +445,9 @@ class FakeHN:
                     reply.kind = "truncate"
                     return reply, delay
                 return _Reply(fault.status, fault.body, fault.headers, fault.kind), delay
-            if self._fail_all is not None and self._fail_all_seen[path] < self._fail_all_times:
+            if self._fail_all_seen[path] < len(self._fail_all):
+                f = self._fail_all[self._fail_all_seen[path]]
                 self._fail_all_seen[path] += 1
-                f = self._fail_all
                 return _Reply(f.status, f.body, f.headers), delay
             if self.fail_rate > 0 and self._rng.random() < self.fail_rate:
                 return _Reply(502, b'{"error":"random failure"}'), delay

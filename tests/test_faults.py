@@ -8,6 +8,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests import trees
 from tests.conftest import run_cli, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
@@ -190,3 +192,58 @@ def test_hostile_api_never_stops_the_service_nor_causes_a_wrong_alert(env: dict[
     assert "item 5010 counts nothing: malformed JSON" in err
     assert "stopped at ALERTS_MAX_COMMENTS=300" in err
     assert "Traceback" not in err and DESTROYED not in err
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [(503, {}), (429, {"Retry-After": "0"})],
+        [(429, {"Retry-After": "1"}), (500, {})],
+        [(500, {}), (503, {"Retry-After": "0"})],
+    ],
+    ids=["503-then-429", "429-retry-after-1s-then-500", "500-then-503"],
+)
+def test_every_request_failing_twice_still_counts_exactly(
+    hn: FakeHN, env: dict[str, str], tmp_path: Path, answers: list[tuple[int, dict[str, str]]]
+) -> None:
+    """Lists and items all fail twice before they answer: exact counts, the right alerts, exit 0."""
+    tree = trees.generated(1_000, live=150, dead=6, deleted=4, depth=7, seed=3)
+    hn.add_story(1, tree, title="Persistent")
+    hn.add_story(2, trees.generated(5_000, live=99, dead=3, seed=4), title="Just under")
+    hn.set_list("topstories", [1, 2])
+    hn.fail_all_sequence(answers)
+    result = run_cli(["run", "--once"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["1-tier-100.eml"]
+    assert "150 comments" in (tmp_path / "outbox" / "1-tier-100.eml").read_text()
+    assert hn.requests["/v0/item/1.json"] == 3 and hn.requests["/v0/topstories.json"] == 3
+    assert "incomplete" not in result.stderr
+
+
+def test_state_db_in_an_unusable_folder_is_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
+    """A state DB whose folder cannot be created: one line naming ALERTS_STATE_DB, exit 1, nothing sent."""
+    result = run_cli(["run", "--once"], {**env, "ALERTS_STATE_DB": "/proc/hn-alerts/state.sqlite3"}, tmp_path)
+    assert result.returncode == 1
+    assert "ALERTS_STATE_DB: cannot create folder /proc/hn-alerts" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outbox").exists()
+
+
+def test_state_db_locked_by_another_process_loses_nothing(hn: FakeHN, env: dict[str, str], tmp_path: Path) -> None:
+    """While another process holds a write lock on the DB, --once fails cleanly; afterwards the alert goes out once."""
+    many_stories(hn, 1)
+    db_path = tmp_path / "state.sqlite3"
+    assert run_cli(["run", "--once"], {**env, "ALERTS_COMMENT_THRESHOLD": "500"}, tmp_path).returncode == 0
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = run_cli(["run", "--once"], env, tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert locked.returncode == 1
+    assert "database is locked" in locked.stderr and "Traceback" not in locked.stderr
+    assert not (tmp_path / "outbox").exists()
+    after = run_cli(["run", "--once"], env, tmp_path)
+    assert after.returncode == 0, after.stderr
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["1-tier-100.eml"]
