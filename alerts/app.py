@@ -10,7 +10,8 @@ import httpx
 
 from alerts.config import Settings
 from alerts.delivery import Sender, make_sender
-from alerts.hn import HNClient, RetryPolicy, make_http_client
+from alerts.hn import HNClient, RetryPolicy
+from alerts.http import make_transport
 from alerts.mail import Renderer
 from alerts.notify import Notifier
 from alerts.service import Service
@@ -18,10 +19,10 @@ from alerts.store import Store
 from alerts.tasks import TaskRegistry
 
 
-def make_hn(settings: Settings, http: httpx.AsyncClient) -> HNClient:
+def make_hn(settings: Settings, transport: httpx.AsyncBaseTransport) -> HNClient:
     """The API client with the settings' concurrency bound and retry policy."""
     return HNClient(
-        http,
+        transport,
         settings.hn_api_url,
         max_concurrency=settings.max_concurrency,
         request_timeout=settings.fetch_timeout,
@@ -57,8 +58,8 @@ async def open_app(settings: Settings, *, sender: Sender | None = None) -> Async
     """Open the HTTP client and the state DB, build the service, close both on exit."""
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
-    async with make_http_client(settings.fetch_timeout, settings.max_concurrency) as http:
-        hn = make_hn(settings, http)
+    async with make_transport(settings.max_concurrency) as transport:
+        hn = make_hn(settings, transport)
         store = await Store.open(settings.state_db)
         try:
             registry = TaskRegistry()

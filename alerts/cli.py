@@ -22,7 +22,7 @@ from alerts.app import make_hn, make_renderer, open_app
 from alerts.config import Settings, load_settings, unknown_variables
 from alerts.delivery import make_sender
 from alerts.errors import AlertsError, ConfigError, DeliveryError, FetchError
-from alerts.hn import make_http_client
+from alerts.http import make_transport
 from alerts.model import Alert, Story
 from alerts.walk import walk_kids
 
@@ -144,8 +144,8 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 
 async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
     started = time.perf_counter()
-    async with make_http_client(settings.fetch_timeout, settings.max_concurrency) as http:
-        hn = make_hn(settings, http)
+    async with make_transport(settings.max_concurrency) as transport:
+        hn = make_hn(settings, transport)
         try:
             root = await hn.item(item_id)
         except FetchError as exc:

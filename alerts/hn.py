@@ -1,4 +1,4 @@
-"""The HN Firebase API client: one shared httpx client, a concurrency bound and a retry policy.
+"""The HN Firebase API client: one shared HTTP transport, a priority concurrency bound, a retry policy.
 
 What is retried is named here and nowhere else: transport errors, timeouts,
 5xx and 429 (honouring ``Retry-After``), and bodies that are not JSON (a
@@ -30,6 +30,7 @@ from tenacity import (
 
 from alerts import __version__
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
+from alerts.limiter import PriorityLimiter
 
 log = logging.getLogger(__name__)
 
@@ -83,40 +84,48 @@ def retry_after_seconds(value: str | None) -> float | None:
 class HNClient:
     """Reads items and story lists, bounded and retried.
 
-    ``fetches`` counts every HTTP request made, retries included.
+    It speaks httpx's transport API to one shared transport (the connection
+    pool): ``alerts.http.make_transport`` in the service, an
+    ``httpx.MockTransport`` in unit tests. ``fetches`` counts every HTTP
+    request made, retries included.
     """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         base_url: str,
         *,
         max_concurrency: int = 32,
         retry: RetryPolicy | None = None,
-        request_timeout: float | None = None,
+        request_timeout: float = 10.0,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        self._http = http
+        self._transport = transport
         self._base = base_url.rstrip("/")
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self._limit = PriorityLimiter(max_concurrency)
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._deadline = request_timeout
+        self._extensions = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), request_timeout)}
+        self._headers = [(b"User-Agent", f"hn-alerts/{__version__}".encode()), (b"Accept", b"application/json")]
         self.fetches = 0
 
-    async def item(self, item_id: int) -> Item | None:
-        """One item, or ``None`` when the API answers ``null`` (or not an object)."""
-        data = await self._get_json(f"{self._base}/item/{item_id}.json")
+    async def item(self, item_id: int, *, priority: float = 0.0) -> Item | None:
+        """One item, or ``None`` when the API answers ``null`` (or not an object).
+
+        Lower ``priority`` values are sent first when requests queue for a slot.
+        """
+        data = await self._get_json(f"{self._base}/item/{item_id}.json", priority)
         return data if isinstance(data, dict) else None
 
     async def story_ids(self, name: str) -> list[int]:
         """The ids of one story list (``topstories`` ...), in the API's order."""
-        data = await self._get_json(f"{self._base}/{name}.json")
+        data = await self._get_json(f"{self._base}/{name}.json", -1e9)
         if not isinstance(data, list):
             raise MalformedItemError(f"{self._base}/{name}.json", "expected a list of ids")
         return [i for i in data if isinstance(i, int) and not isinstance(i, bool)]
 
-    async def _get_json(self, url: str) -> Any:
+    async def _get_json(self, url: str, priority: float) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts) | stop_after_delay(self._retry.deadline),
             wait=self._retry.wait,
@@ -127,47 +136,49 @@ class HNClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(url)
+                return await self._attempt(url, priority)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _attempt(self, url: str) -> Any:
-        async with self._limit:
+    async def _attempt(self, url: str, priority: float) -> Any:
+        request = httpx.Request("GET", url, headers=self._headers, extensions=self._extensions)
+        await self._limit.acquire(priority)
+        try:
             self.fetches += 1
-            try:
-                # httpx's timeout bounds each phase; this bounds the whole request,
-                # so a server trickling bytes cannot hold a slot for ever.
-                async with asyncio.timeout(self._deadline):
-                    response = await self._http.get(url)
-            except (httpx.TimeoutException, TimeoutError) as exc:
-                raise RetryableFetchError(url, f"timeout ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise RetryableFetchError(url, f"{type(exc).__name__}: {exc}") from exc
-            except httpx.DecodingError as exc:
-                raise MalformedItemError(url, f"undecodable body: {exc}") from exc
-            except httpx.RequestError as exc:  # too many redirects, an invalid URL ...
-                raise RejectedFetchError(url, f"{type(exc).__name__}: {exc}") from exc
-        status = response.status_code
+            status, headers, body = await self._exchange(request, url)
+        finally:
+            self._limit.release()
         if status == 429 or status >= 500:
-            raise RetryableFetchError(url, f"HTTP {status}", retry_after_seconds(response.headers.get("retry-after")))
-        if status >= 400:
+            raise RetryableFetchError(url, f"HTTP {status}", retry_after_seconds(headers.get("retry-after")))
+        if status >= 300:
             raise RejectedFetchError(url, f"HTTP {status}")
         try:
-            return json.loads(response.content)
+            return json.loads(body)
         except ValueError as exc:
             raise MalformedItemError(url, f"malformed JSON: {exc}") from exc
+
+    async def _exchange(self, request: httpx.Request, url: str) -> tuple[int, httpx.Headers, bytes]:
+        """One request and its whole body, within the overall deadline."""
+        try:
+            # Transport timeouts bound each phase; this bounds the whole request,
+            # so a server trickling bytes cannot hold a slot for ever.
+            async with asyncio.timeout(self._deadline):
+                response = await self._transport.handle_async_request(request)
+                try:
+                    body = await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise RetryableFetchError(url, f"timeout ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise RetryableFetchError(url, f"{type(exc).__name__}: {exc}") from exc
+        except httpx.DecodingError as exc:
+            raise MalformedItemError(url, f"undecodable body: {exc}") from exc
+        except httpx.RequestError as exc:  # an invalid URL and the like
+            raise RejectedFetchError(url, f"{type(exc).__name__}: {exc}") from exc
+        return response.status_code, response.headers, body
 
     @staticmethod
     def _log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.debug("retrying %s in %.2f s (attempt %d)", exc, wait, state.attempt_number)
-
-
-def make_http_client(timeout: float, max_concurrency: int) -> httpx.AsyncClient:
-    """The one shared httpx client, pooled to the concurrency bound."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
-        headers={"User-Agent": f"hn-alerts/{__version__}"},
-        follow_redirects=True,
-    )

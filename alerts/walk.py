@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 class ItemSource(Protocol):
     """What the walk needs from the API client."""
 
-    async def item(self, item_id: int) -> Item | None:
-        """One item, or ``None`` for ``null``."""
+    async def item(self, item_id: int, *, priority: float = 0.0) -> Item | None:
+        """One item, or ``None`` for ``null``; lower ``priority`` values go first."""
         ...
 
 
@@ -81,14 +81,14 @@ class _Walk:
         self.seen.add(item_id)
         return True
 
-    async def visit(self, item_id: int) -> None:
-        """Fetch and count ``item_id`` and its subtree.
+    async def visit(self, item_id: int, depth: int) -> None:
+        """Fetch and count ``item_id`` (at ``depth``, 1 = top level) and its subtree.
 
         A chain of only children is followed in this loop rather than by
         recursion, so a reply chain thousands deep cannot exhaust the stack.
         """
         while True:
-            item = await self._fetch(item_id)
+            item = await self._fetch(item_id, depth)
             if item is None:
                 return
             if is_live(item):
@@ -98,19 +98,24 @@ class _Walk:
             if len(fresh) != 1:
                 break
             item_id = fresh[0]
-        await self.fan_out(fresh)
+            depth += 1
+        await self.fan_out(fresh, depth + 1)
 
-    async def fan_out(self, ids: list[int]) -> None:
-        """Visit already-claimed ids concurrently; fan in when all are done."""
+    async def fan_out(self, ids: list[int], depth: int) -> None:
+        """Visit already-claimed ids at ``depth`` concurrently; fan in when all are done."""
         if ids:
             async with asyncio.TaskGroup() as group:
                 for kid in ids:
-                    group.create_task(self.visit(kid))
+                    group.create_task(self.visit(kid, depth))
 
-    async def _fetch(self, item_id: int) -> Item | None:
-        """The item, or ``None`` (logged) when it counts nothing or could not be fetched."""
+    async def _fetch(self, item_id: int, depth: int) -> Item | None:
+        """The item, or ``None`` (logged) when it counts nothing or could not be fetched.
+
+        Deeper items are asked for first: the longest reply chain sets the
+        walk's least possible time, so it must never wait behind wide levels.
+        """
         try:
-            item = await self.source.item(item_id)
+            item = await self.source.item(item_id, priority=-depth)
         except (MalformedItemError, RejectedFetchError) as exc:
             self.result.unreadable += 1
             log.warning("item %d counts nothing: %s", item_id, exc.reason)
@@ -131,7 +136,7 @@ async def walk_kids(source: ItemSource, root_id: int, root: Item, *, max_items: 
     walk = _Walk(source, max_items, WalkResult(root=root_id))
     walk.seen.add(root_id)
     walk.limit += 1  # the root itself is not one of the walk's fetches
-    await walk.fan_out([i for i in kid_ids(root) if walk.claim(i)])
+    await walk.fan_out([i for i in kid_ids(root) if walk.claim(i)], 1)
     if walk.result.capped:
         log.warning("walk of %d stopped at ALERTS_MAX_COMMENTS=%d items", root_id, max_items)
     return walk.result

@@ -29,10 +29,11 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 Item = dict[str, Any]
 
@@ -144,7 +145,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Answer one GET, counting it and applying any fault for its path."""
         hn = self.server.hn
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path.startswith("/_control/") and hn.control is not None:
+            # Out-of-band commands for a FakeHN in another process (benchmarks); never counted.
+            result = hn.control(path.removeprefix("/_control/"), dict(parse_qsl(parts.query)))
+            self._send(_Reply(200, _dumps(result)))
+            return
         hn._enter(path)
         try:
             reply, delay = hn._decide(path)
@@ -216,6 +223,8 @@ class FakeHN:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        #: Handler for ``GET /_control/<command>?k=v``: ``control(command, params)`` returns JSON data.
+        self.control: Callable[[str, dict[str, str]], Any] | None = None
 
     @property
     def seed(self) -> int:

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from alerts.limiter import PriorityLimiter
 from alerts.rules import due_tier, needs_walk
 from alerts.schedule import fixed_rate
 from alerts.tasks import TaskRegistry
@@ -146,3 +147,38 @@ async def test_drain_waits_then_cancels_what_is_left() -> None:
     assert await registry.drain(0.5) == 1
     assert (finished, cancelled, len(registry)) == (["quick"], ["slow"], 0)
     assert registry.spawn("late", job("late", 0)) is None
+
+
+async def test_priority_limiter_serves_the_lowest_priority_first() -> None:
+    """With the only slot taken, waiters go in priority order (ties first-come), never more than the limit."""
+    limiter = PriorityLimiter(1)
+    order: list[str] = []
+    await limiter.acquire()
+
+    async def waiter(name: str, priority: float) -> None:
+        await limiter.acquire(priority)
+        order.append(name)
+        limiter.release()
+
+    tasks = [asyncio.create_task(waiter(n, p)) for n, p in (("shallow", 0), ("deep", -5), ("deeper", -9), ("tie", 0))]
+    await asyncio.sleep(0)
+    limiter.release()
+    await asyncio.gather(*tasks)
+    assert order == ["deeper", "deep", "shallow", "tie"]
+
+
+async def test_priority_limiter_survives_a_cancelled_waiter() -> None:
+    """A waiter cancelled in the queue, or just as it was handed the slot, does not leak the slot."""
+    limiter = PriorityLimiter(1)
+    await limiter.acquire()
+    queued = asyncio.create_task(limiter.acquire(-1))
+    await asyncio.sleep(0)
+    queued.cancel()
+    handed = asyncio.create_task(limiter.acquire(0))
+    await asyncio.sleep(0)
+    limiter.release()  # hands the slot to `handed` ...
+    handed.cancel()  # ... which is cancelled before it runs: the slot must come back
+    for task in (queued, handed):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await asyncio.wait_for(limiter.acquire(), 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from alerts.hn import HNClient, RetryPolicy
+from alerts.http import Transport
 from alerts.walk import walk_kids
 from tests import trees
 from tests.fakehn import FakeHN
@@ -15,8 +15,8 @@ from tests.fakehn import FakeHN
 
 @pytest.fixture
 async def client(hn: FakeHN) -> AsyncIterator[HNClient]:
-    async with httpx.AsyncClient(timeout=5) as http:
-        yield HNClient(http, hn.url, max_concurrency=16, retry=RetryPolicy(attempts=3, backoff=0))
+    async with Transport(16) as transport:
+        yield HNClient(transport, hn.url, max_concurrency=16, retry=RetryPolicy(attempts=3, backoff=0))
 
 
 async def count(client: HNClient, story_id: int, max_items: int = 20_000) -> tuple[int, bool, bool]:
