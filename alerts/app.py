@@ -6,32 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from alerts.config import Settings
 from alerts.delivery import Sender, make_sender
-from alerts.hn import HNClient, RetryPolicy
+from alerts.hn import HNClient
 from alerts.http import make_transport
 from alerts.mail import Renderer
 from alerts.notify import Notifier
 from alerts.service import Service
 from alerts.store import Store
 from alerts.tasks import TaskRegistry
-
-
-def make_hn(settings: Settings, transport: httpx.AsyncBaseTransport) -> HNClient:
-    """The API client with the settings' concurrency bound and retry policy."""
-    return HNClient(
-        transport,
-        settings.hn_api_url,
-        max_concurrency=settings.max_concurrency,
-        request_timeout=settings.fetch_timeout,
-        retry=RetryPolicy(
-            attempts=settings.fetch_attempts,
-            backoff=settings.fetch_backoff,
-            deadline=max(60.0, settings.fetch_attempts * (settings.fetch_timeout + 30.0)),
-        ),
-    )
 
 
 def make_renderer(settings: Settings) -> Renderer:
@@ -59,7 +42,7 @@ async def open_app(settings: Settings, *, sender: Sender | None = None) -> Async
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
     async with make_transport(settings.max_concurrency) as transport:
-        hn = make_hn(settings, transport)
+        hn = HNClient.from_settings(settings, transport)
         store = await Store.open(settings.state_db)
         try:
             registry = TaskRegistry()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,10 +26,10 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
 )
 
 from alerts import __version__
+from alerts.config import Settings
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.limiter import PriorityLimiter
 
@@ -53,14 +54,16 @@ class RetryPolicy:
     max_backoff: float = MAX_BACKOFF
     deadline: float = 300.0
 
-    def wait(self, state: RetryCallState) -> float:
-        """Seconds to sleep before the next attempt: Retry-After, else backoff."""
-        exc = state.outcome.exception() if state.outcome else None
+    def delay(self, failed_attempt: int, exc: BaseException | None) -> float:
+        """Seconds to sleep after attempt ``failed_attempt`` (1 = the first) failed with ``exc``.
+
+        The server's Retry-After when it sent one, else exponential backoff with jitter.
+        """
         if isinstance(exc, RetryableFetchError) and exc.retry_after is not None:
             return min(exc.retry_after, MAX_RETRY_AFTER)
         if self.backoff <= 0:
             return 0.0
-        return float(wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff, jitter=self.backoff)(state))
+        return min(self.backoff * 2.0 ** (failed_attempt - 1) + random.uniform(0, self.backoff), self.max_backoff)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -110,6 +113,21 @@ class HNClient:
         self._headers = [(b"User-Agent", f"hn-alerts/{__version__}".encode()), (b"Accept", b"application/json")]
         self.fetches = 0
 
+    @classmethod
+    def from_settings(cls, settings: Settings, transport: httpx.AsyncBaseTransport) -> HNClient:
+        """The client with the settings' API URL, concurrency bound, timeout and retry policy."""
+        return cls(
+            transport,
+            settings.hn_api_url,
+            max_concurrency=settings.max_concurrency,
+            request_timeout=settings.fetch_timeout,
+            retry=RetryPolicy(
+                attempts=settings.fetch_attempts,
+                backoff=settings.fetch_backoff,
+                deadline=max(60.0, settings.fetch_attempts * (settings.fetch_timeout + 30.0)),
+            ),
+        )
+
     async def item(self, item_id: int, *, priority: float = 0.0) -> Item | None:
         """One item, or ``None`` when the API answers ``null`` (or not an object).
 
@@ -126,24 +144,39 @@ class HNClient:
         return [i for i in data if isinstance(i, int) and not isinstance(i, bool)]
 
     async def _get_json(self, url: str, priority: float) -> Any:
+        try:
+            # Nearly every request succeeds at once; tenacity takes over from the first failure,
+            # which keeps its per-call set-up (a tenth of the CPU per request) off the common path.
+            return await self._attempt(url, priority)
+        except RETRIED as exc:
+            if self._retry.attempts < 2:
+                raise
+            first = exc
+        await self._pause(1, first)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.attempts) | stop_after_delay(self._retry.deadline),
-            wait=self._retry.wait,
-            retry=retry_if_exception_type((RetryableFetchError, MalformedItemError)),
+            stop=stop_after_attempt(self._retry.attempts - 1) | stop_after_delay(self._retry.deadline),
+            wait=lambda state: self._retry.delay(state.attempt_number + 1, _error(state)),
+            retry=retry_if_exception_type(RETRIED),
             sleep=self._sleep,
             reraise=True,
-            before_sleep=self._log_retry,
+            before_sleep=lambda state: _log_retry(state.attempt_number + 1, _error(state), state),
         )
         async for attempt in retrying:
             with attempt:
                 return await self._attempt(url, priority)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    async def _pause(self, failed_attempt: int, exc: BaseException) -> None:
+        seconds = self._retry.delay(failed_attempt, exc)
+        log.debug("retrying %s in %.2f s (attempt %d failed)", exc, seconds, failed_attempt)
+        await self._sleep(seconds)
+
     async def _attempt(self, url: str, priority: float) -> Any:
-        request = httpx.Request("GET", url, headers=self._headers, extensions=self._extensions)
         await self._limit.acquire(priority)
         try:
             self.fetches += 1
+            # Built only once a slot is ours: thousands may wait, and they should wait light.
+            request = httpx.Request("GET", url, headers=self._headers, extensions=self._extensions)
             status, headers, body = await self._exchange(request, url)
         finally:
             self._limit.release()
@@ -177,8 +210,14 @@ class HNClient:
             raise RejectedFetchError(url, f"{type(exc).__name__}: {exc}") from exc
         return response.status_code, response.headers, body
 
-    @staticmethod
-    def _log_retry(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.debug("retrying %s in %.2f s (attempt %d)", exc, wait, state.attempt_number)
+
+RETRIED = (RetryableFetchError, MalformedItemError)
+
+
+def _error(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
+
+
+def _log_retry(failed_attempt: int, exc: BaseException | None, state: RetryCallState) -> None:
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.debug("retrying %s in %.2f s (attempt %d failed)", exc, wait, failed_attempt)

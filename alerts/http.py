@@ -29,12 +29,12 @@ class Transport(httpx.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
             try:
-                body = await response.aread()
+                await response.aread()
             finally:
                 await response.aclose()
         except aiohttp.ClientError as exc:
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=request) from exc
-        return httpx.Response(response.status_code, headers=response.headers, content=body, request=request)
+        return response
 
     async def aclose(self) -> None:
         """Close every pooled connection."""

@@ -111,8 +111,10 @@ class _Walk:
     async def _fetch(self, item_id: int, depth: int) -> Item | None:
         """The item, or ``None`` (logged) when it counts nothing or could not be fetched.
 
-        Deeper items are asked for first: the longest reply chain sets the
-        walk's least possible time, so it must never wait behind wide levels.
+        The deepest waiting item is asked for first: a long reply chain sets
+        the walk's least possible time, so it must not wait behind the wide
+        shallow levels (bench/RESULTS.md compares orders on real and
+        generated shapes).
         """
         try:
             item = await self.source.item(item_id, priority=-depth)

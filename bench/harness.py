@@ -108,3 +108,11 @@ def child_env(**alerts: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.update({f"ALERTS_{k}": v for k, v in alerts.items()})
     return env
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a running process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0

@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 from typing import Any
 
 from tests import trees
 from tests.fakehn import FakeHN
 
-BIG = 1  # 2,000 live + dead and deleted, depth 25
+BIG = (1, 5, 6)  # 2,000 live + dead and deleted, depth 25: wide and shallow, a few thin long chains
+BUSHY = 4  # the same counts, random attachment: deep levels are bushy, not thin
+EMPTY = 3  # no comments: what a process costs before its first walk
 HUGE = 2  # 20,000 live comments
 CYCLE = list(range(101, 131))  # 30 stories of 50 to 1,500 comments
 REAL = {26312516: "hn-thread-26312516", 9646971: "hn-thread-9646971", 25015967: "partial-hn-thread-25015967"}
@@ -28,16 +31,26 @@ REAL = {26312516: "hn-thread-26312516", 9646971: "hn-thread-9646971", 25015967: 
 def load(hn: FakeHN) -> dict[str, Any]:
     """Put every benchmark thread into ``hn``; returns what each story is."""
     info: dict[str, Any] = {}
-    big = trees.generated(1_000_000, live=2_000, dead=120, deleted=120, depth=25, fanout=12, seed=1)
-    hn.add_story(BIG, big, title="Big thread")
-    info["big"] = {"id": BIG, "live": big.live, "items": big.comments, "depth": big.depth}
+    # Target 1's thread: 2,000 live comments plus dead and deleted ones, depth 25, in two shapes.
+    for n, sid in enumerate(BIG):
+        tree = trees.hn_like(20_000_000 + 1_000_000 * n, live=2_000, dead=120, deleted=120, seed=n)
+        hn.add_story(sid, tree, title=f"Big thread, HN-like {n}")
+        info[f"big_hn_like_{n}"] = {"id": sid, "live": tree.live, "items": tree.comments, "depth": tree.depth}
+    bushy = trees.generated(5_000_000, live=2_000, dead=120, deleted=120, depth=25, fanout=12, seed=1)
+    random.Random(5).shuffle(bushy.top)  # the generator builds the deep chain first; let it land anywhere
+    hn.add_story(BUSHY, bushy, title="Big thread, bushy")
+    info["big_bushy"] = {"id": BUSHY, "live": bushy.live, "items": bushy.comments, "depth": bushy.depth}
+    hn.add_story(EMPTY, trees.Tree({}, [], 0), title="No comments")
+    info["empty"] = {"id": EMPTY, "live": 0, "items": 0, "depth": 0}
     huge = trees.generated(3_000_000, live=20_000, dead=500, deleted=500, depth=30, fanout=20, seed=2)
     hn.add_story(HUGE, huge, title="Huge thread")
     info["huge"] = {"id": HUGE, "live": huge.live, "items": huge.comments, "depth": huge.depth}
     rng = random.Random(3)
     cycle = []
+    # Most threads are small, a few are big: about 10,000 items in all.
+    sizes = [50, 1_500, *sorted(int(50 * 30 ** (rng.random() ** 2.2)) for _ in CYCLE[2:])]
     for n, sid in enumerate(CYCLE):
-        live = 50 if n == 0 else 1_500 if n == 1 else rng.randint(50, 1_500)
+        live = sizes[n]
         tree = trees.generated(
             10_000_000 + n * 100_000,
             live=live,
@@ -60,12 +73,13 @@ def load(hn: FakeHN) -> dict[str, Any]:
 def control(hn: FakeHN, grower: random.Random) -> Any:
     def handle(command: str, params: dict[str, str]) -> Any:
         if command == "stats":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             with hn.lock:
                 return {
                     "requests": sum(hn.requests.values()),
                     "item_requests": hn.item_requests,
                     "max_in_flight": hn.max_in_flight,
-                    "by_path": dict(hn.requests),
+                    "cpu": usage.ru_utime + usage.ru_stime,
                 }
         if command == "reset":
             hn.reset_stats()

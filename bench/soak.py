@@ -28,20 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness import child_env, rss_kib
 from tests import trees
 from tests.fakehn import FakeHN
 from tests.smtpserver import SmtpServer
 
 TIERS = (10, 25, 50, 100, 150, 200, 250, 300)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def open_fds(pid: int) -> int:
@@ -98,24 +90,22 @@ def main() -> int:
     hn.set_list("topstories", ids)
     smtp = SmtpServer().start()
     smtp_up = True
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALERTS_")}
-    env.update(
-        PYTHONPATH=str(ROOT),
-        ALERTS_HN_API_URL=hn.url,
-        ALERTS_STATE_DB=str(work / "state.sqlite3"),
-        ALERTS_POLL_INTERVAL=str(args.interval),
-        ALERTS_COMMENT_THRESHOLD=",".join(map(str, TIERS)),
-        ALERTS_TOP_N=str(len(ids)),
-        ALERTS_FETCH_BACKOFF="0.05",
-        ALERTS_FETCH_ATTEMPTS="6",
-        ALERTS_SEND_BACKOFF="0.2",
-        ALERTS_SMTP_HOST="127.0.0.1",
-        ALERTS_SMTP_PORT=str(smtp.port),
-        ALERTS_SMTP_SECURITY="none",
-        ALERTS_SMTP_TIMEOUT="5",
-        ALERTS_EMAIL_FROM="soak@example.org",
-        ALERTS_EMAIL_TO="me@example.org",
-        ALERTS_SHUTDOWN_TIMEOUT="15",
+    env = child_env(
+        HN_API_URL=hn.url,
+        STATE_DB=str(work / "state.sqlite3"),
+        POLL_INTERVAL=str(args.interval),
+        COMMENT_THRESHOLD=",".join(map(str, TIERS)),
+        TOP_N=str(len(ids)),
+        FETCH_BACKOFF="0.05",
+        FETCH_ATTEMPTS="6",
+        SEND_BACKOFF="0.2",
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(smtp.port),
+        SMTP_SECURITY="none",
+        SMTP_TIMEOUT="5",
+        EMAIL_FROM="soak@example.org",
+        EMAIL_TO="me@example.org",
+        SHUTDOWN_TIMEOUT="15",
     )
     log_path = work / "service.log"
     with open(log_path, "w") as log_file:

@@ -305,3 +305,59 @@ def with_cycle(tree: Tree) -> Tree:
         ancestor = next((t for t in tree.top if t != node), node)
     kids.append(ancestor)
     return Tree(items, list(tree.top), tree.live)
+
+
+def hn_like(
+    start_id: int,
+    *,
+    live: int,
+    dead: int = 0,
+    deleted: int = 0,
+    top: int = 300,
+    chains: tuple[int, ...] = (25, 18, 12),
+    seed: int = 0,
+) -> Tree:
+    """A thread shaped like a busy HN one: a wide, shallow mass plus a few thin argument chains.
+
+    ``top`` top-level comments; each of ``chains`` is a run of single replies
+    (two people arguing) under a random top-level comment, reaching that
+    depth; the rest reply to random comments, almost all within depth 6.
+    Dead and deleted flags fall on random comments.
+    """
+    rng = random.Random(seed)
+    total = live + dead + deleted
+    if total < top + sum(c - 1 for c in chains):
+        raise ValueError("not enough comments for the top level and the chains")
+    kinds = ["live"] * live + ["dead"] * dead + ["deleted"] * deleted
+    rng.shuffle(kinds)
+    items: dict[int, Item | None] = {}
+    tops: list[int] = []
+    level: dict[int, int] = {}
+    next_id = iter(range(start_id, start_id + total))
+
+    def add(parent: int | None) -> int:
+        item_id = next(next_id)
+        kind = kinds[item_id - start_id]
+        items[item_id] = comment(
+            item_id, parent or 0, by=f"user{rng.randrange(1000)}", dead=kind == "dead", deleted=kind == "deleted"
+        )
+        if parent is None:
+            tops.append(item_id)
+            level[item_id] = 1
+        else:
+            _link(items, parent, item_id)
+            level[item_id] = level[parent] + 1
+        return item_id
+
+    for _ in range(top):
+        add(None)
+    for length in chains:
+        node = rng.choice(tops)
+        for _ in range(length - 1):
+            node = add(node)
+    open_ = list(items)
+    while len(items) < total:
+        parent = rng.choice(open_)
+        if level[parent] < 6 or rng.random() < 0.2:
+            open_.append(add(parent))
+    return Tree(items, tops, live)
