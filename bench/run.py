@@ -302,7 +302,7 @@ def main() -> None:
             big = {s["id"]: s["live"] for s in api.stories["cycle"] if s["live"] >= 1_000}
             tier = max(big.values()) + 10
             results["detection_big_c32"] = detection(api, scratch, 5.0, big, tier, 32)
-            grown = dict.fromkeys(big, tier + 1)  # each story now holds tier + 1 live comments
+            grown = dict.fromkeys(big, tier)  # each story now holds exactly `tier` live comments
             results["detection_big_c100"] = detection(api, scratch, 5.0, grown, tier + 20, 100)
             if not args.quick:
                 print("concurrency sweep ...", flush=True)
