@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from alerts.config import Settings
 from alerts.delivery import Sender, make_sender
+from alerts.dispatch import Dispatcher
 from alerts.hn import HNClient
 from alerts.http import make_transport
 from alerts.mail import Renderer
@@ -37,13 +39,18 @@ class App:
 
 
 @asynccontextmanager
-async def open_app(settings: Settings, *, sender: Sender | None = None) -> AsyncIterator[App]:
-    """Open the HTTP client and the state DB, build the service, close both on exit."""
+async def open_app(
+    settings: Settings, *, sender: Sender | None = None, clock: Callable[[], float] = time.time
+) -> AsyncIterator[App]:
+    """Open the HTTP client and the state DB, build the service, close both on exit.
+
+    ``sender`` and the wall ``clock`` can be swapped (tests).
+    """
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
     async with make_transport(settings.max_concurrency) as transport:
         hn = HNClient.from_settings(settings, transport)
-        store = await Store.open(settings.state_db)
+        store = await Store.open(settings.state_db, clock=clock)
         try:
             registry = TaskRegistry()
             notifier = Notifier(
@@ -55,7 +62,9 @@ async def open_app(settings: Settings, *, sender: Sender | None = None) -> Async
                 attempts=settings.send_attempts,
                 backoff=settings.send_backoff,
             )
-            service = Service(settings, hn, store, notifier, registry)
+            rules = settings.rules
+            dispatcher = Dispatcher(store, notifier, registry, rules, digest=settings.digest, clock=clock)
+            service = Service(settings, hn, store, dispatcher, registry, clock=clock)
             yield App(settings, hn, store, sender, registry, service)
         finally:
             await store.close()

@@ -9,22 +9,50 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from datetime import time
 from email.utils import parseaddr
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from alerts.errors import ConfigError
+from alerts.rules import Rules
 
 PREFIX = "ALERTS_"
 STORY_LISTS = ("topstories", "newstories", "beststories", "askstories", "showstories")
-TEMPLATE_NAMES = ("alert.subject.txt", "alert.txt", "alert.html")
+TEMPLATE_NAMES = (
+    "alert.subject.txt",
+    "alert.txt",
+    "alert.html",
+    "digest.subject.txt",
+    "digest.txt",
+    "digest.html",
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.?[^@\s<>\"',;]*$")
+
+
+def parse_velocity(value: str) -> tuple[int, int]:
+    """``"N/M"`` as (N comments, M minutes), both positive integers."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise ValueError(f"{value!r} is not N/M with two positive integers, e.g. 50/30 (50 comments in 30 minutes)")
+    return int(match[1]), int(match[2])
+
+
+def parse_quiet_hours(value: str) -> tuple[time, time]:
+    """``"HH:MM-HH:MM"`` as (start, end); the span may wrap midnight."""
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", value)
+    if match:
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        if h1 < 24 and h2 < 24 and m1 < 60 and m2 < 60 and (h1, m1) != (h2, m2):
+            return time(h1, m1), time(h2, m2)
+    raise ValueError(f"{value!r} is not HH:MM-HH:MM with two different times, e.g. 23:00-07:30")
 
 
 def _split(value: Any) -> Any:
@@ -94,6 +122,49 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, ge=0)
     log_level: str = "INFO"
 
+    # Rules beyond one threshold (all off by default).
+    min_score: int = Field(0, ge=0)
+    title_include: str | None = None
+    title_exclude: str | None = None
+    velocity: str | None = None
+    baseline: bool = False
+    digest: bool = False
+    quiet_hours: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("title_include", "title_exclude")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("velocity")
+    @classmethod
+    def _velocity(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_velocity(value)
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_quiet_hours(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
+        return value
+
     @field_validator("hn_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -157,6 +228,19 @@ class Settings(BaseSettings):
             if value not in LOG_LEVELS:
                 raise ValueError(f"choose from {', '.join(LOG_LEVELS)}")
         return value
+
+    @property
+    def rules(self) -> Rules:
+        """The alerting rules, parsed."""
+        return Rules(
+            tiers=self.comment_threshold,
+            min_score=self.min_score,
+            include=re.compile(self.title_include, re.IGNORECASE) if self.title_include else None,
+            exclude=re.compile(self.title_exclude, re.IGNORECASE) if self.title_exclude else None,
+            velocity=parse_velocity(self.velocity) if self.velocity else None,
+            quiet_hours=parse_quiet_hours(self.quiet_hours) if self.quiet_hours else None,
+            zone=ZoneInfo(self.timezone),
+        )
 
     @property
     def sender(self) -> str:

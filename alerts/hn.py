@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import (
@@ -29,9 +29,11 @@ from tenacity import (
 )
 
 from alerts import __version__
-from alerts.config import Settings
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.limiter import PriorityLimiter
+
+if TYPE_CHECKING:
+    from alerts.config import Settings
 
 log = logging.getLogger(__name__)
 

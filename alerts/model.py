@@ -47,12 +47,16 @@ class Alert:
     """One alert: a story that reached ``tier`` with ``comments`` live comments.
 
     ``(story.id, kind, tier)`` identifies it; the outbox holds at most one row per key.
+    ``kind`` is ``"tier"`` (the count reached ``tier``) or ``"velocity"`` (tier 0: the
+    story gained ``gain`` comments within ``minutes``).
     """
 
     story: Story
     tier: int
     comments: int
     kind: str = "tier"
+    gain: int = 0  # a "velocity" alert: comments gained ...
+    minutes: int = 0  # ... within this many minutes
 
     @property
     def key(self) -> tuple[int, str, int]:
@@ -71,4 +75,6 @@ class Alert:
             tier=int(data["tier"]),
             comments=int(data["comments"]),
             kind=str(data.get("kind", "tier")),
+            gain=int(data.get("gain", 0)),
+            minutes=int(data.get("minutes", 0)),
         )

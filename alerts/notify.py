@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from email.message import EmailMessage
 from typing import Any
 
 from tenacity import (
@@ -25,7 +26,7 @@ from alerts.delivery import Sender
 from alerts.errors import DeliveryError, PermanentDeliveryError, RenderError, StateError
 from alerts.mail import Renderer
 from alerts.model import Alert
-from alerts.store import Key, Store
+from alerts.store import Key, OutboxEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +65,73 @@ class Notifier:
         if key in self._accepted:
             # Accepted earlier, but recording it failed: record it now, never resend.
             return await self._record_sent(key, *self._accepted[key])
-        try:
-            entry = await self._store.get(key)
-        except (ValueError, KeyError, TypeError) as exc:  # a row this version cannot read
-            return await self._give_up(key, f"unreadable outbox entry: {exc!r}")
-        if entry is None or entry.status != "pending":
-            return entry is not None and entry.status == "sent"
+        entry = await self._load(key)
+        if entry is None:
+            return await self._was_sent(key)
         try:
             message = self._renderer.render(entry.alert)
         except RenderError as exc:
             return await self._give_up(key, f"cannot render the mail: {exc}")
+        return await self._send({key: entry.alert}, message)
+
+    async def deliver_digest(self, keys: list[Key], *, held: bool = False) -> bool:
+        """Send the pending ones of ``keys`` as one mail; each is marked sent once it is accepted.
+
+        ``held`` says the alerts waited for the end of quiet hours.
+        """
+        alerts: dict[Key, Alert] = {}
+        for key in keys:
+            if key in self._accepted:
+                await self._record_sent(key, *self._accepted[key])
+            elif (entry := await self._load(key)) is not None:
+                alerts[key] = entry.alert
+        if not alerts:
+            return True
+        try:
+            message = self._renderer.render_digest(list(alerts.values()), held=held)
+        except RenderError as exc:
+            for key in alerts:
+                await self._give_up(key, f"cannot render the digest: {exc}")
+            return False
+        log.info("digest of %d alert(s) going out", len(alerts))
+        return await self._send(alerts, message)
+
+    async def _load(self, key: Key) -> OutboxEntry | None:
+        """The entry while it is pending; an unreadable one is given up (logged) and ``None``."""
+        try:
+            entry = await self._store.get(key)
+        except (ValueError, KeyError, TypeError) as exc:  # a row this version cannot read
+            await self._give_up(key, f"unreadable outbox entry: {exc!r}")
+            return None
+        return entry if entry is not None and entry.status == "pending" else None
+
+    async def _was_sent(self, key: Key) -> bool:
+        entry = await self._store.get(key)
+        return entry is not None and entry.status == "sent"
+
+    async def _send(self, alerts: dict[Key, Alert], message: EmailMessage) -> bool:
+        """Send one mail for ``alerts``, retried; record the outcome for each of them."""
+        keys = list(alerts)
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    refused = await self._send_once(key, message)
+                    refused = await self._send_once(keys, message)
         except PermanentDeliveryError as exc:
-            return await self._give_up(key, str(exc))
+            for key in keys:
+                await self._give_up(key, str(exc))
+            return False
         except DeliveryError as exc:
-            log.warning("alert not sent, kept in the outbox: story %d tier %d: %s", key[0], key[2], exc)
+            for key in keys:
+                log.warning("alert not sent, kept in the outbox: story %d tier %d: %s", key[0], key[2], exc)
             return False
         note = "; ".join(f"{rcpt} refused: {reply}" for rcpt, reply in refused.items()) or None
         if note:
-            log.error("alert for story %d not delivered to every recipient: %s", key[0], note)
-        self._accepted[key] = (note, entry.alert)
-        return await self._record_sent(key, note, entry.alert)
+            log.error("mail for story %s not delivered to every recipient: %s", message["X-HN-Alerts-Story"], note)
+        for key, alert in alerts.items():
+            self._accepted[key] = (note, alert)
+        for key, alert in alerts.items():
+            await self._record_sent(key, note, alert)
+        return True
 
     async def _record_sent(self, key: Key, note: str | None, alert: Alert) -> bool:
         retrying = AsyncRetrying(
@@ -128,12 +172,13 @@ class Notifier:
             reraise=True,
         )
 
-    async def _send_once(self, key: Key, message: Any) -> dict[str, str]:
+    async def _send_once(self, keys: list[Key], message: EmailMessage) -> dict[str, str]:
         try:
             async with self._parallel:
                 return await self._sender.send(message, sender=self._from, recipients=self._to)
         except PermanentDeliveryError:
             raise
         except DeliveryError as exc:
-            await self._store.record_attempt(key, str(exc))
+            for key in keys:
+                await self._store.record_attempt(key, str(exc))
             raise

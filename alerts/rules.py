@@ -1,8 +1,52 @@
-"""Which alert a story is due, if any: pure decisions, no I/O."""
+"""Which alert a story is due, if any: pure decisions, no I/O.
+
+Everything here takes its inputs (counts, times, settings values) as
+arguments, so each rule is tested without a clock, a network or a DB.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from alerts.model import Story
+
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The alerting rules of ALERTS_COMMENT_THRESHOLD and the "beyond one threshold" settings."""
+
+    tiers: tuple[int, ...]
+    min_score: int = 0
+    include: re.Pattern[str] | None = None
+    exclude: re.Pattern[str] | None = None
+    velocity: tuple[int, int] | None = None  # (comments, minutes)
+    quiet_hours: tuple[time, time] | None = None
+    zone: ZoneInfo = UTC_ZONE
+
+    def filtered_out(self, story: Story) -> str | None:
+        """Why ``story`` may not alert (score, include, exclude), or ``None`` when it may."""
+        if story.score < self.min_score:
+            return f"score {story.score} < ALERTS_MIN_SCORE={self.min_score}"
+        if self.include is not None and not self.include.search(story.title):
+            return "title does not match ALERTS_TITLE_INCLUDE"
+        if self.exclude is not None and self.exclude.search(story.title):
+            return "title matches ALERTS_TITLE_EXCLUDE"
+        return None
+
+    def quiet(self, now: float) -> bool:
+        """True when the wall-clock time ``now`` (epoch seconds) falls in the quiet hours."""
+        if self.quiet_hours is None:
+            return False
+        return in_quiet_hours(self.quiet_hours, datetime.fromtimestamp(now, UTC).astimezone(self.zone).time())
 
 
 def due_tier(count: int, tiers: Sequence[int], alerted: int | None) -> int | None:
@@ -26,3 +70,38 @@ def needs_walk(descendants: object, last_descendants: int | None) -> bool:
     if last_descendants is None or not isinstance(descendants, int):
         return True
     return descendants != last_descendants
+
+
+def velocity_gain(samples: Sequence[tuple[float, int]], now: float, count: int, minutes: int) -> tuple[int, float]:
+    """Comments gained within the last ``minutes``, and over how many minutes that was measured.
+
+    ``samples`` are (time, count) pairs from earlier cycles, oldest first.
+    The gain is measured from the latest sample at or before the window's
+    start, or, when the history is younger than the window, from its oldest
+    sample (a gain inside a shorter span is inside the window too).
+    """
+    start = now - minutes * 60
+    base: tuple[float, int] | None = None
+    for when, seen in samples:
+        if when <= start:
+            base = (when, seen)
+        elif base is None:
+            base = (when, seen)
+            break
+        else:
+            break
+    if base is None:
+        return 0, 0.0
+    return count - base[1], (now - base[0]) / 60
+
+
+def in_quiet_hours(span: tuple[time, time], local: time) -> bool:
+    """True when the local wall time ``local`` falls in ``span`` (start inclusive, end exclusive).
+
+    A span whose start is after its end wraps midnight: 23:00-07:00 holds
+    23:30 and 06:59 but not 07:00.
+    """
+    start, end = span
+    if start < end:
+        return start <= local < end
+    return local >= start or local < end

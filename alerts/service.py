@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from alerts.config import Settings
+from alerts.dispatch import Dispatcher
 from alerts.errors import FetchError, StateError
-from alerts.hn import HNClient
+from alerts.hn import HNClient, Item
 from alerts.model import Alert, Story
-from alerts.notify import Notifier
-from alerts.rules import due_tier, needs_walk
+from alerts.rules import due_tier, needs_walk, velocity_gain
 from alerts.schedule import fixed_rate
 from alerts.store import Key, LastWalk, Store
 from alerts.tasks import TaskRegistry
@@ -32,8 +33,24 @@ class CycleReport:
     fetches: int = 0
     seconds: float = 0.0
     walked: int = 0
+    filtered: int = 0
+    fetches_saved: int = 0
+    baseline: int = 0
     incomplete: list[int] = field(default_factory=list)
     errors: list[int] = field(default_factory=list)
+    counts: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Known:
+    """What the state DB knew about this cycle's stories when it began."""
+
+    last: dict[int, LastWalk]
+    alerted: dict[int, int]
+    heated: set[int]
+    history: dict[int, list[tuple[float, int]]]
+    now: float
+    baseline: bool
 
 
 class Service:
@@ -44,31 +61,29 @@ class Service:
         settings: Settings,
         hn: HNClient,
         store: Store,
-        notifier: Notifier,
+        dispatcher: Dispatcher,
         registry: TaskRegistry,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._rules = settings.rules
         self._hn = hn
         self._store = store
-        self._notifier = notifier
+        self._dispatcher = dispatcher
         self._registry = registry
+        self._clock = clock
         self._cycles = 0
-        self._track = False
-        self.dispatched: set[Key] = set()
+        self._baseline_pending: bool | None = None if settings.baseline else False
+
+    @property
+    def dispatched(self) -> set[Key]:
+        """The alerts handed to a send in this run (tracked by ``run_once``)."""
+        return self._dispatcher.dispatched
 
     async def dispatch_pending(self) -> int:
-        """Start a send for every outbox entry not already being sent."""
-        started = 0
-        for key in await self._store.pending():
-            if self._spawn(key):
-                started += 1
-        return started
-
-    def _spawn(self, key: Key) -> bool:
-        task = self._registry.spawn(key, self._notifier.deliver(key))
-        if task is not None and self._track:
-            self.dispatched.add(key)
-        return task is not None
+        """Start sends for what waits in the outbox."""
+        return await self._dispatcher.dispatch_pending()
 
     async def run_cycle(self) -> CycleReport:
         """One poll cycle; never awaits a send."""
@@ -76,17 +91,41 @@ class Service:
         report = CycleReport(self._cycles)
         loop = asyncio.get_running_loop()
         started, fetches = loop.time(), self._hn.fetches
+        if self._baseline_pending is None:
+            self._baseline_pending = await self._store.is_empty()
         await self.dispatch_pending()
         ids = await self._story_ids()
         report.stories = len(ids)
-        last = await self._store.last_walks(ids)
-        alerted = await self._store.alerted_tiers(ids)
+        known = _Known(
+            last=await self._store.last_walks(ids),
+            alerted=await self._store.alerted_tiers(ids),
+            heated=await self._store.velocity_alerted(ids) if self._rules.velocity else set(),
+            history=await self._store.count_history(ids) if self._rules.velocity else {},
+            now=self._clock(),
+            baseline=self._baseline_pending,
+        )
         async with asyncio.TaskGroup() as group:
             for story_id in ids:
-                group.create_task(self._check(story_id, last.get(story_id), alerted.get(story_id), report))
+                group.create_task(self._check(story_id, known, report))
+        if self._rules.velocity:
+            keep = (self._rules.velocity[1] * 60) + 2 * self._settings.poll_interval + 60
+            await self._store.record_counts(report.counts, keep)
+        if known.baseline:
+            self._baseline_pending = False
+            log.info("baseline: %d stories recorded, no mail", report.baseline)
+        await self.dispatch_pending()
         report.fetches = self._hn.fetches - fetches
         report.seconds = loop.time() - started
-        extra = f", {len(report.incomplete)} incomplete" if report.incomplete else ""
+        self._log(report)
+        return report
+
+    @staticmethod
+    def _log(report: CycleReport) -> None:
+        extra = ""
+        if report.filtered:
+            extra += f", {report.filtered} filtered out (~{report.fetches_saved} fetches saved)"
+        if report.incomplete:
+            extra += f", {len(report.incomplete)} incomplete"
         log.info(
             "cycle %d: %d stories, %d alerts, %d fetches, %.2f s%s",
             report.number,
@@ -96,7 +135,6 @@ class Service:
             report.seconds,
             extra,
         )
-        return report
 
     async def _story_ids(self) -> list[int]:
         """The head of each configured list, merged in order without repeats."""
@@ -116,10 +154,10 @@ class Service:
             raise FetchError(self._settings.hn_api_url, "no story list could be read")
         return list(ids)
 
-    async def _check(self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport) -> None:
+    async def _check(self, story_id: int, known: _Known, report: CycleReport) -> None:
         """Check one story; whatever goes wrong stays with this story and this cycle."""
         try:
-            await self._check_story(story_id, last, alerted, report)
+            await self._check_story(story_id, known, report)
         except FetchError as exc:
             report.incomplete.append(story_id)
             log.warning("story %d not checked: %s", story_id, exc)
@@ -130,38 +168,64 @@ class Service:
             report.errors.append(story_id)
             log.error("story %d not checked: %r", story_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
 
-    async def _check_story(
-        self, story_id: int, last: LastWalk | None, alerted: int | None, report: CycleReport
-    ) -> None:
+    async def _check_story(self, story_id: int, known: _Known, report: CycleReport) -> None:
         item = await self._hn.item(story_id)
         if item is None or item.get("deleted") or item.get("dead"):
             return
         story = Story.from_item(story_id, item)
-        if last is not None and not needs_walk(story.descendants, last.descendants):
-            count = last.comments
-        else:
-            result = await walk_kids(self._hn, story_id, item, max_items=self._settings.max_comments)
-            report.walked += 1
-            count = result.comments
-            if result.complete:
-                await self._store.save_walk(story_id, story.descendants, count)
-            else:
-                report.incomplete.append(story_id)
-                log.warning(
-                    "story %d: walk incomplete, %d item(s) not fetched; %d comments counted so far,"
-                    " walked again next cycle",
-                    story_id,
-                    result.failed,
-                    count,
-                )
-        tier = due_tier(count, self._settings.comment_threshold, alerted)
-        if tier is None:
+        last = known.last.get(story_id)
+        steady = last is not None and not needs_walk(story.descendants, last.descendants)
+        reason = self._rules.filtered_out(story)
+        if reason is not None:
+            # Nothing else needs this story's count: skip its walk.
+            report.filtered += 1
+            if not steady:
+                report.fetches_saved += story.descendants or 0
+            log.debug("story %d filtered out: %s", story_id, reason)
             return
-        alert = Alert(story, tier, count)
-        if await self._store.enqueue(alert):
-            report.alerts += 1
-            log.info("alert queued: story %d %r, %d comments (tier %d)", story.id, story.title, count, tier)
-            self._spawn(alert.key)
+        count = last.comments if last is not None and steady else await self._walk(story, item, report)
+        report.counts.append((story_id, count))
+        tier = due_tier(count, self._rules.tiers, known.alerted.get(story_id))
+        if tier is not None:
+            await self._queue(Alert(story, tier, count), known, report)
+        if self._rules.velocity and story_id not in known.heated and not known.baseline:
+            need, minutes = self._rules.velocity
+            gain, span = velocity_gain(known.history.get(story_id, []), known.now, count, minutes)
+            if gain >= need:
+                heat = Alert(story, 0, count, kind="velocity", gain=gain, minutes=max(1, round(span)))
+                await self._queue(heat, known, report)
+
+    async def _walk(self, story: Story, item: Item, report: CycleReport) -> int:
+        result = await walk_kids(self._hn, story.id, item, max_items=self._settings.max_comments)
+        report.walked += 1
+        if result.complete:
+            await self._store.save_walk(story.id, story.descendants, result.comments)
+        else:
+            report.incomplete.append(story.id)
+            log.warning(
+                "story %d: walk incomplete, %d item(s) not fetched; %d comments counted so far,"
+                " walked again next cycle",
+                story.id,
+                result.failed,
+                result.comments,
+            )
+        return result.comments
+
+    async def _queue(self, alert: Alert, known: _Known, report: CycleReport) -> None:
+        story = alert.story
+        if known.baseline:
+            if await self._store.record_baseline(alert):
+                report.baseline += 1
+            return
+        held = self._dispatcher.quiet()
+        if not await self._store.enqueue(alert, held=held):
+            return
+        report.alerts += 1
+        what = f"+{alert.gain} in {alert.minutes} min" if alert.kind == "velocity" else f"tier {alert.tier}"
+        state = "held for quiet hours" if held else "queued"
+        log.info("alert %s: story %d %r, %d comments (%s)", state, story.id, story.title, alert.comments, what)
+        if not held:
+            self._dispatcher.send_now(alert.key)
 
     async def _safe_cycle(self) -> None:
         try:
@@ -185,7 +249,7 @@ class Service:
         reads HN, so they go out even when the cycle fails (its error is
         raised after the drain) or ``stop`` cuts it short.
         """
-        self._track = True
+        self._dispatcher.track = True
         reports: list[CycleReport] = []
 
         async def cycle() -> None:

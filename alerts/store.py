@@ -11,9 +11,7 @@ second service on the same DB is refused instead of doubling mails.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -24,31 +22,10 @@ from typing import IO, TypeVar
 
 from alerts.errors import StateError
 from alerts.model import Alert
+from alerts.schema import connect
 
 T = TypeVar("T")
 Key = tuple[int, str, int]
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    story_id   INTEGER NOT NULL,
-    kind       TEXT    NOT NULL,
-    tier       INTEGER NOT NULL,
-    status     TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
-    alert      TEXT    NOT NULL,
-    created_at REAL    NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    done_at    REAL,
-    PRIMARY KEY (story_id, kind, tier)
-);
-CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (status) WHERE status = 'pending';
-CREATE TABLE IF NOT EXISTS walks (
-    story_id    INTEGER PRIMARY KEY,
-    descendants INTEGER,
-    comments    INTEGER NOT NULL,
-    walked_at   REAL    NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -83,6 +60,7 @@ class Store:
         self._lock = lock
         self._executor = executor
         self._clock = clock
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path, *, exclusive: bool = True, clock: Callable[[], float] = time.time) -> Store:
@@ -94,14 +72,17 @@ class Store:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts-db")
         loop = asyncio.get_running_loop()
         try:
-            conn, lock = await loop.run_in_executor(executor, _connect, path, exclusive)
+            conn, lock = await loop.run_in_executor(executor, connect, path, exclusive)
         except BaseException:
             executor.shutdown(wait=False)
             raise
         return cls(conn, lock, executor, clock)
 
     async def close(self) -> None:
-        """Close the DB and release the lock."""
+        """Close the DB and release the lock; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._close_sync)
@@ -169,29 +150,95 @@ class Store:
             out.update({r[0]: r[1] for r in rows})
         return out
 
-    async def enqueue(self, alert: Alert) -> bool:
-        """Write ``alert`` to the outbox; false if this (story, kind, tier) exists already."""
-        return await self._run(self._enqueue, alert, self._clock())
+    async def enqueue(self, alert: Alert, *, held: bool = False) -> bool:
+        """Write ``alert`` to the outbox; false if this (story, kind, tier) exists already.
 
-    def _enqueue(self, alert: Alert, now: float) -> bool:
+        ``held`` marks an alert due during quiet hours: it goes out in the digest after them.
+        """
+        return await self._run(self._insert, alert, "pending", held, self._clock())
+
+    async def record_baseline(self, alert: Alert) -> bool:
+        """Record ``alert`` as reached before the service began watching: never mailed."""
+        return await self._run(self._insert, alert, "baseline", False, self._clock())
+
+    def _insert(self, alert: Alert, status: str, held: bool, now: float) -> bool:
         story_id, kind, tier = alert.key
         with self._conn:
             cur = self._conn.execute(
-                "INSERT OR IGNORE INTO alerts (story_id, kind, tier, status, alert, created_at)"
-                " VALUES (?, ?, ?, 'pending', ?, ?)",
-                (story_id, kind, tier, json.dumps(alert.to_json()), now),
+                "INSERT OR IGNORE INTO alerts (story_id, kind, tier, status, alert, created_at, held)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (story_id, kind, tier, status, json.dumps(alert.to_json()), now, int(held)),
             )
         return cur.rowcount == 1
 
     async def pending(self) -> list[Key]:
         """Keys of every alert waiting in the outbox, oldest first."""
+        return [key for key, _held in await self.pending_held()]
+
+    async def pending_held(self) -> list[tuple[Key, bool]]:
+        """Every alert waiting in the outbox with whether quiet hours held it, oldest first."""
         return await self._run(self._pending)
 
-    def _pending(self) -> list[Key]:
+    def _pending(self) -> list[tuple[Key, bool]]:
         rows = self._conn.execute(
-            "SELECT story_id, kind, tier FROM alerts WHERE status = 'pending' ORDER BY created_at, story_id, tier"
+            "SELECT story_id, kind, tier, held FROM alerts WHERE status = 'pending' ORDER BY created_at, story_id, tier"
         )
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [((r[0], r[1], r[2]), bool(r[3])) for r in rows]
+
+    async def is_empty(self) -> bool:
+        """True when the DB has recorded no alert and no walk yet (a first start)."""
+        return await self._run(self._is_empty)
+
+    def _is_empty(self) -> bool:
+        row = self._conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM alerts) AND NOT EXISTS (SELECT 1 FROM walks)"
+        ).fetchone()
+        return bool(row[0])
+
+    async def velocity_alerted(self, story_ids: Iterable[int]) -> set[int]:
+        """The stories that already had their one "heating up" alert."""
+        ids = list(story_ids)
+        return await self._run(self._velocity_alerted, ids)
+
+    def _velocity_alerted(self, ids: list[int]) -> set[int]:
+        out: set[int] = set()
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT story_id FROM alerts WHERE kind = 'velocity' AND story_id IN ({marks})", chunk
+            )
+            out.update(r[0] for r in rows)
+        return out
+
+    # -- counts over time (velocity) ------------------------------------------
+
+    async def record_counts(self, counts: list[tuple[int, int]], keep_seconds: float) -> None:
+        """Store this cycle's (story, count) pairs; forget samples older than ``keep_seconds``."""
+        await self._run(self._record_counts, counts, self._clock(), keep_seconds)
+
+    def _record_counts(self, counts: list[tuple[int, int]], now: float, keep_seconds: float) -> None:
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO counts (story_id, at, comments) VALUES (?, ?, ?)",
+                [(story_id, now, comments) for story_id, comments in counts],
+            )
+            self._conn.execute("DELETE FROM counts WHERE at < ?", (now - keep_seconds,))
+
+    async def count_history(self, story_ids: Iterable[int]) -> dict[int, list[tuple[float, int]]]:
+        """Each story's recorded (time, count) samples, oldest first."""
+        ids = list(story_ids)
+        return await self._run(self._count_history, ids)
+
+    def _count_history(self, ids: list[int]) -> dict[int, list[tuple[float, int]]]:
+        out: dict[int, list[tuple[float, int]]] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT story_id, at, comments FROM counts WHERE story_id IN ({marks}) ORDER BY at", chunk
+            )
+            for story_id, at, comments in rows:
+                out.setdefault(story_id, []).append((at, comments))
+        return out
 
     async def get(self, key: Key) -> OutboxEntry | None:
         """One outbox row, or ``None``."""
@@ -252,39 +299,3 @@ class Store:
 def _chunks(ids: list[int], size: int) -> Iterable[list[int]]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
-
-
-def _connect(path: Path, exclusive: bool) -> tuple[sqlite3.Connection, IO[bytes] | None]:
-    """Open, lock and migrate the DB (runs on the DB thread)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"ALERTS_STATE_DB: cannot create folder {path.parent}: {exc.strerror}") from exc
-    lock: IO[bytes] | None = None
-    if exclusive:
-        lock = _lock(path)
-    try:
-        conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level="DEFERRED")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(SCHEMA)
-    except sqlite3.Error as exc:
-        if lock is not None:
-            lock.close()
-        raise StateError(f"ALERTS_STATE_DB: cannot use {path}: {exc}") from exc
-    return conn, lock
-
-
-def _lock(path: Path) -> IO[bytes]:
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        handle = open(lock_path, "ab")  # noqa: SIM115 - held open for the life of the Store
-    except OSError as exc:
-        raise StateError(f"ALERTS_STATE_DB: cannot open {lock_path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise StateError(f"ALERTS_STATE_DB: {path} is in use by another hn-alerts process (lock {lock_path})") from None
-    os.set_inheritable(handle.fileno(), False)
-    return handle

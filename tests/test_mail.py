@@ -6,7 +6,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
-from alerts.config import shipped_templates
+from alerts.config import TEMPLATE_NAMES, shipped_templates
 from alerts.mail import Renderer, message_id, one_line
 from alerts.model import Alert, Story
 
@@ -84,7 +84,7 @@ def test_one_line_folds_every_line_break() -> None:
 
 def test_custom_templates_are_used(tmp_path: Path) -> None:
     """ALERTS_TEMPLATES_DIR replaces the shipped templates."""
-    for name in ("alert.subject.txt", "alert.txt", "alert.html"):
+    for name in TEMPLATE_NAMES:
         (tmp_path / name).write_text((shipped_templates() / name).read_text())
     (tmp_path / "alert.subject.txt").write_text("Busy: {{ title }} ({{ count }})")
     renderer = Renderer(tmp_path, sender="a@example.org", recipients=("b@example.org",))
