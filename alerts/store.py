@@ -14,11 +14,11 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from alerts.errors import StateError
 from alerts.model import Alert
@@ -109,14 +109,8 @@ class Store:
         return await self._run(self._last_walks, ids)
 
     def _last_walks(self, ids: list[int]) -> dict[int, LastWalk]:
-        out: dict[int, LastWalk] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT story_id, descendants, comments FROM walks WHERE story_id IN ({marks})", chunk
-            )
-            out.update({r[0]: LastWalk(r[1], r[2]) for r in rows})
-        return out
+        rows = self._rows_for("SELECT story_id, descendants, comments FROM walks WHERE story_id IN ({})", ids)
+        return {r[0]: LastWalk(r[1], r[2]) for r in rows}
 
     async def save_walk(self, story_id: int, descendants: int | None, comments: int) -> None:
         """Record a complete walk so an unchanged story is not walked again."""
@@ -139,16 +133,8 @@ class Store:
         return await self._run(self._alerted_tiers, ids)
 
     def _alerted_tiers(self, ids: list[int]) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                "SELECT story_id, MAX(tier) FROM alerts WHERE kind = 'tier'"
-                f" AND story_id IN ({marks}) GROUP BY story_id",
-                chunk,
-            )
-            out.update({r[0]: r[1] for r in rows})
-        return out
+        sql = "SELECT story_id, MAX(tier) FROM alerts WHERE kind = 'tier' AND story_id IN ({}) GROUP BY story_id"
+        return {r[0]: r[1] for r in self._rows_for(sql, ids)}
 
     async def enqueue(self, alert: Alert, *, held: bool = False) -> bool:
         """Write ``alert`` to the outbox; false if this (story, kind, tier) exists already.
@@ -201,14 +187,8 @@ class Store:
         return await self._run(self._velocity_alerted, ids)
 
     def _velocity_alerted(self, ids: list[int]) -> set[int]:
-        out: set[int] = set()
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT story_id FROM alerts WHERE kind = 'velocity' AND story_id IN ({marks})", chunk
-            )
-            out.update(r[0] for r in rows)
-        return out
+        sql = "SELECT story_id FROM alerts WHERE kind = 'velocity' AND story_id IN ({})"
+        return {r[0] for r in self._rows_for(sql, ids)}
 
     # -- counts over time (velocity) ------------------------------------------
 
@@ -231,14 +211,16 @@ class Store:
 
     def _count_history(self, ids: list[int]) -> dict[int, list[tuple[float, int]]]:
         out: dict[int, list[tuple[float, int]]] = {}
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT story_id, at, comments FROM counts WHERE story_id IN ({marks}) ORDER BY at", chunk
-            )
-            for story_id, at, comments in rows:
-                out.setdefault(story_id, []).append((at, comments))
+        sql = "SELECT story_id, at, comments FROM counts WHERE story_id IN ({}) ORDER BY at"
+        for story_id, at, comments in self._rows_for(sql, ids):
+            out.setdefault(story_id, []).append((at, comments))
         return out
+
+    def _rows_for(self, sql: str, ids: list[int]) -> Iterator[Any]:
+        """Rows of ``sql`` whose ``IN ({})`` takes ``ids``, in chunks under SQLite's variable limit."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            yield from self._conn.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
     async def get(self, key: Key) -> OutboxEntry | None:
         """One outbox row, or ``None``."""
@@ -294,8 +276,3 @@ class Store:
         out = {"pending": 0, "sent": 0, "failed": 0}
         out.update({r[0]: r[1] for r in rows})
         return out
-
-
-def _chunks(ids: list[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
