@@ -38,6 +38,7 @@ class Dispatcher:
         self._rules = rules
         self._digest = digest
         self._clock = clock
+        self._more = False
         self.track = False
         self.dispatched: set[Key] = set()
 
@@ -46,20 +47,22 @@ class Dispatcher:
         return self._rules.quiet(self._clock())
 
     def send_now(self, key: Key) -> None:
-        """Start the send of one newly queued alert, unless a digest or quiet hours will carry it."""
-        if not self._digest and not self.quiet():
+        """Start the send of one newly queued (not held) alert, unless the digest will carry it."""
+        if not self._digest:
             self._spawn_one(key)
 
     async def dispatch_pending(self) -> int:
         """Start sends for what waits in the outbox; returns how many alerts were handed over."""
         if self.quiet():
+            # Whatever waits now, retries included, leaves in the one digest after the quiet hours.
+            await self._store.hold_pending()
             return 0
         pending = [(key, held) for key, held in await self._store.pending_held() if key not in self._registry]
         if not pending:
             return 0
         held = [key for key, was_held in pending if was_held]
         if self._digest:
-            return self._spawn_digest([key for key, _ in pending], held=bool(held))
+            return self._spawn_digest([key for key, _ in pending], held=len(held) == len(pending))
         started = self._spawn_digest(held, held=True) if held else 0
         for key, was_held in pending:
             if not was_held and self._spawn_one(key):
@@ -73,9 +76,20 @@ class Dispatcher:
         return task is not None
 
     def _spawn_digest(self, keys: list[Key], *, held: bool) -> int:
-        task = self._registry.spawn(DIGEST_KEY, self._notifier.deliver_digest(keys, held=held))
-        if task is None:
-            return 0  # a digest is on its way; these go in the next one
         if self.track:
             self.dispatched.update(keys)
+        if DIGEST_KEY in self._registry:
+            self._more = True  # a digest is on its way; the same task sends these right after it
+            return 0
+        self._registry.spawn(DIGEST_KEY, self._digests(keys, held))
         return len(keys)
+
+    async def _digests(self, keys: list[Key], held: bool) -> None:
+        """Send one digest, then one more for what was queued meanwhile (once, so a failure cannot spin)."""
+        await self._notifier.deliver_digest(keys, held=held)
+        if self._more and not self.quiet():
+            self._more = False
+            pending = await self._store.pending_held()
+            if pending:
+                more = [key for key, _ in pending]
+                await self._notifier.deliver_digest(more, held=all(h for _, h in pending))

@@ -72,24 +72,23 @@ def needs_walk(descendants: object, last_descendants: int | None) -> bool:
     return descendants != last_descendants
 
 
-def velocity_gain(samples: Sequence[tuple[float, int]], now: float, count: int, minutes: int) -> tuple[int, float]:
+def velocity_gain(
+    samples: Sequence[tuple[float, int]], now: float, count: int, minutes: int, gap: float
+) -> tuple[int, float]:
     """Comments gained within the last ``minutes``, and over how many minutes that was measured.
 
     ``samples`` are (time, count) pairs from earlier cycles, oldest first.
     The gain is measured from the latest sample at or before the window's
-    start, or, when the history is younger than the window, from its oldest
-    sample (a gain inside a shorter span is inside the window too).
+    start if it is at most ``gap`` seconds older than that start, else from
+    the oldest sample inside the window (a gain inside a shorter span is
+    inside the window too). A sample from long before the window (the
+    service was stopped, or cron runs are sparser than the window) never
+    counts: that gain may have taken hours.
     """
     start = now - minutes * 60
-    base: tuple[float, int] | None = None
-    for when, seen in samples:
-        if when <= start:
-            base = (when, seen)
-        elif base is None:
-            base = (when, seen)
-            break
-        else:
-            break
+    before = [s for s in samples if start - gap <= s[0] <= start]
+    inside = [s for s in samples if start < s[0] <= now]
+    base = before[-1] if before else inside[0] if inside else None
     if base is None:
         return 0, 0.0
     return count - base[1], (now - base[0]) / 60

@@ -74,6 +74,8 @@ class Service:
         self._registry = registry
         self._clock = clock
         self._cycles = 0
+        # How far before a velocity window a sample may lie and still stand for its start.
+        self._sample_gap = 2 * settings.poll_interval + 60
         self._baseline_pending: bool | None = None if settings.baseline else False
 
     @property
@@ -108,8 +110,7 @@ class Service:
             for story_id in ids:
                 group.create_task(self._check(story_id, known, report))
         if self._rules.velocity:
-            keep = (self._rules.velocity[1] * 60) + 2 * self._settings.poll_interval + 60
-            await self._store.record_counts(report.counts, keep)
+            await self._store.record_counts(report.counts, self._rules.velocity[1] * 60 + self._sample_gap)
         if known.baseline:
             self._baseline_pending = False
             log.info("baseline: %d stories recorded, no mail", report.baseline)
@@ -183,19 +184,25 @@ class Service:
                 report.fetches_saved += story.descendants or 0
             log.debug("story %d filtered out: %s", story_id, reason)
             return
-        count = last.comments if last is not None and steady else await self._walk(story, item, report)
-        report.counts.append((story_id, count))
+        if last is not None and steady:
+            count, complete = last.comments, True
+        else:
+            count, complete = await self._walk(story, item, report)
+        if complete:  # a partial count would fake a jump in the velocity history
+            report.counts.append((story_id, count))
         tier = due_tier(count, self._rules.tiers, known.alerted.get(story_id))
         if tier is not None:
             await self._queue(Alert(story, tier, count), known, report)
-        if self._rules.velocity and story_id not in known.heated and not known.baseline:
+        if self._rules.velocity and complete and story_id not in known.heated and not known.baseline:
             need, minutes = self._rules.velocity
-            gain, span = velocity_gain(known.history.get(story_id, []), known.now, count, minutes)
+            history = known.history.get(story_id, [])
+            gain, span = velocity_gain(history, known.now, count, minutes, self._sample_gap)
             if gain >= need:
                 heat = Alert(story, 0, count, kind="velocity", gain=gain, minutes=max(1, round(span)))
                 await self._queue(heat, known, report)
 
-    async def _walk(self, story: Story, item: Item, report: CycleReport) -> int:
+    async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
+        """The story's count, and whether the walk fetched every item it tried."""
         result = await walk_kids(self._hn, story.id, item, max_items=self._settings.max_comments)
         report.walked += 1
         if result.complete:
@@ -209,7 +216,7 @@ class Service:
                 result.failed,
                 result.comments,
             )
-        return result.comments
+        return result.comments, result.complete
 
     async def _queue(self, alert: Alert, known: _Known, report: CycleReport) -> None:
         story = alert.story
@@ -225,7 +232,7 @@ class Service:
         state = "held for quiet hours" if held else "queued"
         log.info("alert %s: story %d %r, %d comments (%s)", state, story.id, story.title, alert.comments, what)
         if not held:
-            self._dispatcher.send_now(alert.key)
+            self._dispatcher.send_now(alert.key)  # held ones leave in the digest after quiet hours
 
     async def _safe_cycle(self) -> None:
         try:

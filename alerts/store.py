@@ -171,6 +171,14 @@ class Store:
         )
         return [((r[0], r[1], r[2]), bool(r[3])) for r in rows]
 
+    async def hold_pending(self) -> None:
+        """Mark every pending alert as held for the digest after quiet hours."""
+        await self._run(self._hold_pending)
+
+    def _hold_pending(self) -> None:
+        with self._conn:
+            self._conn.execute("UPDATE alerts SET held = 1 WHERE status = 'pending' AND held = 0")
+
     async def is_empty(self) -> bool:
         """True when the DB has recorded no alert and no walk yet (a first start)."""
         return await self._run(self._is_empty)

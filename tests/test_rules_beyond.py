@@ -84,11 +84,51 @@ async def test_velocity_over_a_window_and_across_a_restart(
 
 
 def test_velocity_gain_reads_the_window_from_history() -> None:
-    """The gain counts from the last sample at or before the window start, else from the oldest."""
+    """The gain counts from the last sample at the window start, else the oldest inside; never from long before."""
     samples = [(0.0, 10), (600.0, 20), (1200.0, 35)]
-    assert velocity_gain(samples, 1800.0, 50, 20) == (30, 20.0)  # from the sample at 600 s
-    assert velocity_gain(samples, 1800.0, 50, 60) == (40, 30.0)  # history younger than the window
-    assert velocity_gain([], 1800.0, 50, 20) == (0, 0.0)
+    assert velocity_gain(samples, 1800.0, 50, 20, gap=120) == (30, 20.0)  # from the sample at 600 s
+    assert velocity_gain(samples, 1800.0, 50, 60, gap=120) == (40, 30.0)  # history younger than the window
+    assert velocity_gain(samples, 1830.0, 50, 20, gap=120) == (30, 20.5)  # a little before the start: fine
+    assert velocity_gain([(0.0, 10)], 10_800.0, 40, 20, gap=120) == (0, 0.0)  # three hours ago: not a gain
+    assert velocity_gain([], 1800.0, 50, 20, gap=120) == (0, 0.0)
+
+
+async def test_velocity_ignores_gains_from_before_a_long_stop(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
+) -> None:
+    """+30 comments over three hours while the service was stopped is not "heating up" within 20 minutes."""
+    hn.add_story(1, trees.wide(1_000, 50), title="Slow")
+    hn.set_list("topstories", [1])
+    cfg = with_smtp(env, smtp, ALERTS_VELOCITY="30/20", ALERTS_COMMENT_THRESHOLD="1000", ALERTS_POLL_INTERVAL="60")
+    clock = Clock(datetime(2026, 5, 4, 12, 0, tzinfo=UTC))
+    first = await app_factory(cfg, clock=clock)
+    await cycle(first)
+    await first.store.close()
+    clock.advance(180)
+    grow(hn, 1, 5_000, 30)
+    second = await app_factory(cfg, clock=clock)
+    await cycle(second)
+    assert smtp.received == []
+
+
+async def test_an_incomplete_walk_is_not_a_velocity_sample(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
+) -> None:
+    """A walk that missed items does not record its partial count, so the next full count is no fake jump."""
+    hn.add_story(1, trees.wide(1_000, 60), title="Flaky")
+    hn.set_list("topstories", [1])
+    for cid in range(1_000, 1_040):
+        hn.fail(f"/v0/item/{cid}.json", times=3, status=503)
+    cfg = with_smtp(env, smtp, ALERTS_VELOCITY="30/20", ALERTS_COMMENT_THRESHOLD="1000")
+    clock = Clock(datetime(2026, 5, 4, 12, 0, tzinfo=UTC))
+    app = await app_factory(cfg, clock=clock)
+    await cycle(app)  # 20 of 60 counted, incomplete
+    clock.advance(10)
+    grow(hn, 1, 5_000, 2)
+    await cycle(app)  # 62: the first real sample
+    clock.advance(10)
+    await cycle(app)
+    assert smtp.received == []
 
 
 async def test_include_and_exclude_patterns_and_min_score(
@@ -204,6 +244,50 @@ async def test_quiet_hours_wrap_midnight_and_end_in_one_digest_after_a_restart(
     [mail] = smtp.received
     assert mail.message["Subject"] == "[HN] 2 busy threads (held during quiet hours)"
     assert (await morning.store.counts())["sent"] == 2
+
+
+async def test_digest_mode_once_sends_leftovers_and_new_alerts(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
+) -> None:
+    """With a digest of leftovers still sending, this cycle's alerts follow in a second digest before --once ends."""
+    hn.add_story(1, trees.wide(1_000, 120), title="Leftover")
+    hn.set_list("topstories", [1])
+    cfg = with_smtp(env, smtp, ALERTS_DIGEST="true")
+    smtp.handler.data_replies = ["451 4.3.0 later"]
+    first = await app_factory({**cfg, "ALERTS_SEND_ATTEMPTS": "1"})
+    await cycle(first)
+    await first.store.close()
+    assert smtp.received == []
+    hn.add_story(2, trees.wide(2_000, 130), title="Fresh")
+    hn.set_list("topstories", [1, 2])
+    smtp.handler.data_delay = 0.3  # the leftover digest is still sending when the cycle ends
+    second = await app_factory(cfg)
+    assert await second.service.run_once() is True
+    assert sorted(smtp.subjects()) == ["[HN] 1 busy thread", "[HN] 1 busy thread"]
+    assert await second.store.pending() == []
+
+
+async def test_alerts_waiting_when_quiet_hours_begin_join_the_digest(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
+) -> None:
+    """An alert queued before quiet hours whose send failed leaves with the held ones, in one digest."""
+    hn.add_story(1, trees.wide(1_000, 300), title="Before")
+    hn.set_list("topstories", [1])
+    cfg = with_smtp(
+        env, smtp, ALERTS_QUIET_HOURS="23:00-07:00", ALERTS_TIMEZONE="Europe/Berlin", ALERTS_SEND_ATTEMPTS="1"
+    )
+    clock = Clock(datetime(2026, 6, 10, 22, 59, tzinfo=BERLIN))
+    smtp.handler.data_replies = ["451 4.3.0 later"]
+    app = await app_factory(cfg, clock=clock)
+    await cycle(app)  # queued at 22:59, the send fails
+    clock.set(datetime(2026, 6, 10, 23, 30, tzinfo=BERLIN))
+    hn.add_story(2, trees.wide(2_000, 120), title="During")
+    hn.set_list("topstories", [1, 2])
+    await cycle(app)
+    assert smtp.received == []
+    clock.set(datetime(2026, 6, 11, 7, 5, tzinfo=BERLIN))
+    await cycle(app)
+    assert smtp.subjects() == ["[HN] 2 busy threads (held during quiet hours)"]
 
 
 async def test_quiet_hours_across_the_spring_dst_change(
