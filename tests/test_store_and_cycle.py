@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -102,3 +104,42 @@ async def test_cycle_dispatches_outbox_left_from_before(hn: FakeHN, env: dict[st
     await app.service.run_cycle()
     await app.registry.join()
     assert [m["X-HN-Alerts-Story"] for m in sender.sent] == ["77"]
+
+
+OLD_SCHEMA = """
+CREATE TABLE alerts (
+    story_id INTEGER NOT NULL, kind TEXT NOT NULL, tier INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    alert TEXT NOT NULL, created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT, done_at REAL, PRIMARY KEY (story_id, kind, tier)
+);
+CREATE INDEX alerts_pending ON alerts (status) WHERE status = 'pending';
+CREATE TABLE walks (
+    story_id INTEGER PRIMARY KEY, descendants INTEGER, comments INTEGER NOT NULL, walked_at REAL NOT NULL
+);
+"""
+
+
+async def test_a_db_made_by_the_first_version_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    """A 0.1.0 state DB (no user_version, no held column) keeps its pending and sent alerts after migration."""
+    db = tmp_path / "old.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(OLD_SCHEMA)
+        for story_id, status in ((1, "pending"), (2, "sent")):
+            conn.execute(
+                "INSERT INTO alerts (story_id, kind, tier, status, alert, created_at) VALUES (?, 'tier', 100, ?, ?, 0)",
+                (story_id, status, json.dumps(alert(story_id).to_json())),
+            )
+    conn.close()
+    store = await Store.open(db)
+    try:
+        assert await store.pending_held() == [((1, "tier", 100), False)]
+        assert await store.alerted_tiers([1, 2]) == {1: 100, 2: 100}
+        assert await store.record_baseline(alert(3)) is True  # a status the old CHECK refused
+        await store.record_counts([(1, 50)], keep_seconds=60)
+        assert [count for _at, count in (await store.count_history([1]))[1]] == [50]
+    finally:
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    conn.close()
