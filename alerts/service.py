@@ -77,6 +77,8 @@ class Service:
         # How far before a velocity window a sample may lie and still stand for its start.
         self._sample_gap = 2 * settings.poll_interval + 60
         self._baseline_pending: bool | None = None if settings.baseline else False
+        # Stories the baseline cycle could not count in full: their baseline is taken when they can be.
+        self._baseline_retry: set[int] = set()
 
     @property
     def dispatched(self) -> set[Key]:
@@ -159,6 +161,7 @@ class Service:
         """Check one story; whatever goes wrong stays with this story and this cycle."""
         try:
             await self._check_story(story_id, known, report)
+            return
         except FetchError as exc:
             report.incomplete.append(story_id)
             log.warning("story %d not checked: %s", story_id, exc)
@@ -168,6 +171,8 @@ class Service:
         except Exception as exc:
             report.errors.append(story_id)
             log.error("story %d not checked: %r", story_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        if known.baseline:
+            self._baseline_retry.add(story_id)  # not counted: its baseline is taken when it can be
 
     async def _check_story(self, story_id: int, known: _Known, report: CycleReport) -> None:
         item = await self._hn.item(story_id)
@@ -190,16 +195,21 @@ class Service:
             count, complete = await self._walk(story, item, report)
         if complete:  # a partial count would fake a jump in the velocity history
             report.counts.append((story_id, count))
+        baseline = known.baseline or story_id in self._baseline_retry
+        if baseline and not complete:
+            self._baseline_retry.add(story_id)  # a lower bound: take the baseline next cycle
+            return
+        self._baseline_retry.discard(story_id)
         tier = due_tier(count, self._rules.tiers, known.alerted.get(story_id))
         if tier is not None:
-            await self._queue(Alert(story, tier, count), known, report)
-        if self._rules.velocity and complete and story_id not in known.heated and not known.baseline:
+            await self._queue(Alert(story, tier, count), baseline, report)
+        if self._rules.velocity and complete and story_id not in known.heated and not baseline:
             need, minutes = self._rules.velocity
             history = known.history.get(story_id, [])
             gain, span = velocity_gain(history, known.now, count, minutes, self._sample_gap)
             if gain >= need:
                 heat = Alert(story, 0, count, kind="velocity", gain=gain, minutes=max(1, round(span)))
-                await self._queue(heat, known, report)
+                await self._queue(heat, baseline, report)
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
         """The story's count, and whether the walk fetched every item it tried."""
@@ -218,11 +228,12 @@ class Service:
             )
         return result.comments, result.complete
 
-    async def _queue(self, alert: Alert, known: _Known, report: CycleReport) -> None:
+    async def _queue(self, alert: Alert, baseline: bool, report: CycleReport) -> None:
         story = alert.story
-        if known.baseline:
+        if baseline:
             if await self._store.record_baseline(alert):
                 report.baseline += 1
+                log.debug("baseline: story %d recorded at tier %d, no mail", story.id, alert.tier)
             return
         held = self._dispatcher.quiet()
         if not await self._store.enqueue(alert, held=held):

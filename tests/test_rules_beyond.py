@@ -361,3 +361,22 @@ def test_bad_rule_value_exits_2(tmp_path: Path) -> None:
     result = run_cli(["run", "--once"], {"ALERTS_VELOCITY": "3"}, tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "ALERTS_VELOCITY" in result.stderr
+
+
+async def test_baseline_waits_for_a_story_it_could_not_count(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
+) -> None:
+    """A story whose walk failed in the baseline cycle gets its baseline the next cycle, not a mail."""
+    hn.add_story(1, trees.wide(1_000, 150), title="Unreachable at first")
+    hn.add_story(2, trees.wide(2_000, 120), title="Fine")
+    hn.set_list("topstories", [1, 2])
+    hn.fail("/v0/item/1000.json", times=3, status=503)  # story 1's walk is incomplete
+    hn.fail("/v0/item/2.json", times=3, status=503)  # story 2 cannot even be read
+    app = await app_factory(with_smtp(env, smtp, ALERTS_BASELINE="true", ALERTS_COMMENT_THRESHOLD="100,250"))
+    await cycle(app)
+    await cycle(app)
+    assert smtp.received == []
+    assert (await app.store.counts()) == {"pending": 0, "sent": 0, "failed": 0, "baseline": 2}
+    grow(hn, 2, 5_000, 200)  # 320: past 250, a tier the baseline did not record
+    await cycle(app)
+    assert smtp.subjects() == ["[HN] Fine — 320 comments"]
