@@ -161,7 +161,9 @@ class HNClient:
             retry=retry_if_exception_type(RETRIED),
             sleep=self._sleep,
             reraise=True,
-            before_sleep=lambda state: _log_retry(state.attempt_number + 1, _error(state), state),
+            before_sleep=lambda state: _log_retry(
+                state.attempt_number + 1, _error(state), state.next_action.sleep if state.next_action else 0.0
+            ),
         )
         async for attempt in retrying:
             with attempt:
@@ -170,7 +172,7 @@ class HNClient:
 
     async def _pause(self, failed_attempt: int, exc: BaseException) -> None:
         seconds = self._retry.delay(failed_attempt, exc)
-        log.debug("retrying %s in %.2f s (attempt %d failed)", exc, seconds, failed_attempt)
+        _log_retry(failed_attempt, exc, seconds)
         await self._sleep(seconds)
 
     async def _attempt(self, url: str, priority: float) -> Any:
@@ -220,6 +222,5 @@ def _error(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome else None
 
 
-def _log_retry(failed_attempt: int, exc: BaseException | None, state: RetryCallState) -> None:
-    wait = state.next_action.sleep if state.next_action else 0.0
+def _log_retry(failed_attempt: int, exc: BaseException | None, wait: float) -> None:
     log.debug("retrying %s in %.2f s (attempt %d failed)", exc, wait, failed_attempt)
