@@ -116,7 +116,10 @@ class Service:
         if known.baseline:
             self._baseline_pending = False
             log.info("baseline: %d stories recorded, no mail", report.baseline)
-        await self.dispatch_pending()
+        if self._settings.digest:
+            # This cycle's alerts were only queued: the digest carries them. Without a digest each
+            # was sent as it was queued, and a second pass would only retry sends that just failed.
+            await self.dispatch_pending()
         report.fetches = self._hn.fetches - fetches
         report.seconds = loop.time() - started
         self._log(report)
