@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from alerts.hn import Item
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 HN_ITEM_URL = "https://news.ycombinator.com/item?id={}"
+
+
+def valid_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so it can be encoded.
+
+    JSON lets ``"\\ud800"`` through and ``json.loads`` returns it as is; UTF-8 cannot
+    encode it, and one such title would otherwise fail its alert and every digest it is in.
+    """
+    if not _SURROGATE.search(text):
+        return text
+    # A pair split over two code points is joined back into its character, not replaced.
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def http_url(url: object) -> str | None:
+    """``url`` when it is an ``http``/``https`` URL (the only kind that may become a link), else None."""
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        return None
+    return valid_text(url)
 
 
 @dataclass(frozen=True)
@@ -26,15 +48,34 @@ class Story:
         """Take story ``story_id`` from its API item, tolerating missing or odd fields."""
         score = item.get("score")
         desc = item.get("descendants")
-        url = item.get("url")
         return cls(
             id=story_id,
-            title=str(item.get("title") or f"Item {story_id}"),
-            by=str(item.get("by") or "unknown"),
+            title=valid_text(str(item.get("title") or f"Item {story_id}")),
+            by=valid_text(str(item.get("by") or "unknown")),
             score=score if isinstance(score, int) and not isinstance(score, bool) else 0,
-            url=url if isinstance(url, str) and url.lower().startswith(("http://", "https://")) else None,
+            url=http_url(item.get("url")),
             descendants=desc if isinstance(desc, int) and not isinstance(desc, bool) else None,
         )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Story:
+        """Rebuild a story stored by :meth:`Alert.to_json`, held to the rules of :meth:`from_item`."""
+        desc = data.get("descendants")
+        return cls(
+            id=int(data["id"]),
+            title=valid_text(str(data["title"])),
+            by=valid_text(str(data["by"])),
+            score=int(data["score"]),
+            url=http_url(data.get("url")),
+            descendants=None if desc is None else int(desc),
+        )
+
+    def sanitized(self) -> Story:
+        """The story with its text held to the rules of :meth:`from_item` (for one built by hand)."""
+        title, by, url = valid_text(self.title), valid_text(self.by), http_url(self.url)
+        if (title, by, url) == (self.title, self.by, self.url):
+            return self
+        return replace(self, title=title, by=by, url=url)
 
     @property
     def discussion_url(self) -> str:
@@ -71,10 +112,10 @@ class Alert:
     def from_json(cls, data: dict[str, Any]) -> Alert:
         """Rebuild an alert stored by :meth:`to_json`."""
         return cls(
-            story=Story(**data["story"]),
+            story=Story.from_json(data["story"]),
             tier=int(data["tier"]),
             comments=int(data["comments"]),
-            kind=str(data.get("kind", "tier")),
+            kind=valid_text(str(data.get("kind", "tier"))),
             gain=int(data.get("gain", 0)),
             minutes=int(data.get("minutes", 0)),
         )
