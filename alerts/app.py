@@ -8,12 +8,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from alerts.config import Settings
-from alerts.delivery import Sender, make_sender
-from alerts.dispatch import Dispatcher
+from alerts.delivery import FileSender, Sender, SmtpSender, smtp_tls_context
 from alerts.hn import HNClient
 from alerts.http import make_transport
 from alerts.mail import Renderer
-from alerts.notify import Notifier
+from alerts.outbox import Outbox
 from alerts.service import Service
 from alerts.store import Store
 from alerts.tasks import TaskRegistry
@@ -21,9 +20,25 @@ from alerts.tasks import TaskRegistry
 
 def make_renderer(settings: Settings) -> Renderer:
     """The mail renderer, templates loaded and tried once."""
-    renderer = Renderer(settings.templates, sender=settings.sender, recipients=settings.recipients)
+    renderer = Renderer(settings.templates_dir, sender=settings.sender, recipients=settings.recipients)
     renderer.check()
     return renderer
+
+
+def make_sender(settings: Settings) -> Sender:
+    """SMTP when ``ALERTS_SMTP_HOST`` is set, else .eml files in ``ALERTS_OUTBOX_DIR``."""
+    if settings.smtp_host:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        return SmtpSender(
+            settings.smtp_host,
+            settings.smtp_port,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=password,
+            timeout=settings.smtp_timeout,
+            tls_context=smtp_tls_context(settings.smtp_ca_file),
+        )
+    return FileSender(settings.outbox_dir)
 
 
 @dataclass
@@ -35,6 +50,7 @@ class App:
     store: Store
     sender: Sender
     registry: TaskRegistry
+    outbox: Outbox
     service: Service
 
 
@@ -53,18 +69,20 @@ async def open_app(
         store = await Store.open(settings.state_db, clock=clock)
         try:
             registry = TaskRegistry()
-            notifier = Notifier(
+            rules = settings.rules
+            outbox = Outbox(
                 store,
                 renderer,
                 sender,
+                registry,
+                quiet=rules.quiet,
+                digest=settings.digest,
                 mail_from=settings.sender,
                 recipients=settings.recipients,
                 attempts=settings.send_attempts,
                 backoff=settings.send_backoff,
             )
-            rules = settings.rules
-            dispatcher = Dispatcher(store, notifier, registry, rules, digest=settings.digest, clock=clock)
-            service = Service(settings, hn, store, dispatcher, registry, clock=clock)
-            yield App(settings, hn, store, sender, registry, service)
+            service = Service(settings, hn, store, outbox, registry, clock=clock)
+            yield App(settings, hn, store, sender, registry, outbox, service)
         finally:
             await store.close()

@@ -15,14 +15,14 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from types import FrameType
+from typing import TYPE_CHECKING, NoReturn
 
 from alerts import __version__
-from alerts.config import Settings, load_settings, unknown_variables
 from alerts.errors import AlertsError, ConfigError, DeliveryError, FetchError
-from alerts.hn import HNClient
-from alerts.http import make_transport
-from alerts.walk import walk_kids
+
+if TYPE_CHECKING:
+    from alerts.config import Settings
 
 log = logging.getLogger("alerts")
 
@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("item_id", metavar="ITEM_ID", type=_item_id, help="HN item id, e.g. 8863")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("test-email", help="send a sample alert through the configured delivery")
+    outbox = sub.add_parser("outbox", help="list the alerts not yet delivered; retry or drop them")
+    outbox.add_argument("--json", action="store_true", help="print one JSON array")
+    actions = outbox.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    retry = actions.add_parser("retry", help="put failed alerts back to pending (they go out at the next cycle)")
+    retry.add_argument("ids", metavar="ID", nargs="*", help="STORY:TIER or STORY:velocity")
+    retry.add_argument("--failed", action="store_true", help="every failed alert")
+    drop = actions.add_parser("drop", help="give up on alerts: never sent, recorded as dropped")
+    drop.add_argument("ids", metavar="ID", nargs="+", help="STORY:TIER or STORY:velocity")
     return parser
 
 
@@ -78,23 +86,41 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alerts`` console script; returns the exit code."""
+    # Until the event loop takes the signals over, SIGTERM stops start-up like SIGINT: one line, exit 0.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("alerts: interrupted during start-up; nothing was sent", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "outbox" and args.action == "retry" and bool(args.ids) == bool(args.failed):
+        print("alerts: error: outbox retry takes alert IDs or --failed (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    from alerts.config import load_settings, read_env_file, unknown_variables
+
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"alerts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level)
-    for name in unknown_variables(os.environ):
-        log.warning("%s is not a setting of this version; ignored", name)
+    for name, closest in unknown_variables(os.environ, read_env_file(".env")):
+        hint = f"; did you mean {closest}?" if closest else ""
+        log.warning("%s is not a setting of this version, ignored (a typo?)%s", name, hint)
     try:
-        if args.command == "run":
-            return asyncio.run(_run(settings, once=args.once))
-        if args.command == "check":
-            return asyncio.run(_check(settings, args.item_id, as_json=args.json))
-        return asyncio.run(_test_email(settings))
+        return asyncio.run(_command(settings, args))
     except ConfigError as exc:
         print(f"alerts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -106,12 +132,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
+async def _command(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here, not at the top: each command loads only the modules it needs,
+    # which keeps start-up short (and `alerts check` skips the mail and state modules).
+    if args.command == "run":
+        return await _run(settings, once=args.once)
+    if args.command == "check":
+        return await _check(settings, args.item_id, as_json=args.json)
+    if args.command == "test-email":
+        return await _test_email(settings)
+    from alerts import operator
+
+    if args.action == "retry":
+        return await operator.retry_alerts(settings.state_db, args.ids, failed=args.failed)
+    if args.action == "drop":
+        return await operator.drop_alerts(settings.state_db, args.ids)
+    return await operator.list_outbox(settings.state_db, as_json=args.json)
+
+
 async def _run(settings: Settings, *, once: bool) -> int:
-    # Imported here, not at the top: `alerts check` needs none of the mail and state
-    # modules, and skipping them saves it a sixth of a second of start-up.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _on_signal, sig, stop)
+    try:
+        return await _serve(settings, once=once, stop=stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(settings: Settings, *, once: bool, stop: asyncio.Event) -> int:
     from alerts.app import open_app
 
     async with open_app(settings) as app:
+        if stop.is_set():
+            log.info("stopped during start-up; nothing was sent")
+            return EXIT_OK
         log.info(
             "hn-alerts %s: %s top %d %s, tiers %s, mail to %s via %s",
             __version__,
@@ -122,18 +179,10 @@ async def _run(settings: Settings, *, once: bool) -> int:
             ", ".join(settings.recipients),
             app.sender.describe(),
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _on_signal, sig, stop)
-        try:
-            if once:
-                delivered = await app.service.run_once(stop)
-                return EXIT_OK if delivered else EXIT_FAILURE
-            await app.service.run(stop)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        if once:
+            delivered = await app.service.run_once(stop)
+            return EXIT_OK if delivered else EXIT_FAILURE
+        await app.service.run(stop)
         log.info("stopped")
         return EXIT_OK
 
@@ -145,6 +194,10 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 
 
 async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
+    from alerts.hn import HNClient
+    from alerts.http import make_transport
+    from alerts.walk import walk_kids
+
     started = time.perf_counter()
     async with make_transport(settings.max_concurrency) as transport:
         hn = HNClient.from_settings(settings, transport)
@@ -180,8 +233,7 @@ async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
 
 
 async def _test_email(settings: Settings) -> int:
-    from alerts.app import make_renderer
-    from alerts.delivery import make_sender
+    from alerts.app import make_renderer, make_sender
     from alerts.model import Alert, Story
 
     renderer = make_renderer(settings)
@@ -197,9 +249,12 @@ async def _test_email(settings: Settings) -> int:
     # A fresh Message-ID each time, so a server that drops repeats still shows the test.
     message = renderer.render(Alert(story, tier=100, comments=123, kind=f"test{int(time.time())}"))
     try:
-        await sender.send(message, sender=settings.sender, recipients=settings.recipients)
+        result = await sender.send(message, sender=settings.sender, recipients=settings.recipients)
     except DeliveryError as exc:
         log.error("test mail not sent via %s: %s", sender.describe(), exc)
         return EXIT_FAILURE
-    print(f"test mail sent to {', '.join(settings.recipients)} via {sender.describe()}")
-    return EXIT_OK
+    for rcpt in result.accepted:
+        print(f"{rcpt}: accepted by {sender.describe()}")
+    for rcpt, reply in {**result.refused, **result.deferred}.items():
+        print(f"{rcpt}: REFUSED by {sender.describe()}: {reply}")
+    return EXIT_OK if not result.refused and not result.deferred else EXIT_FAILURE

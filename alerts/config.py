@@ -1,13 +1,19 @@
 """Settings: every ALERTS_* variable, read once at the edge and passed in.
 
 :func:`load_settings` is the one place that reads the environment (and
-``./.env``); everything else receives a frozen :class:`Settings`.
+``./.env``), and it is given both explicitly, so a variable exported in the
+shell never leaks into a test; everything else receives a frozen
+:class:`Settings`.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import itertools
+import os
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import time
 from email.utils import parseaddr
@@ -18,9 +24,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.errors import ConfigError
+from alerts.patterns import compile_title_pattern
 from alerts.rules import Rules
 
 PREFIX = "ALERTS_"
@@ -35,6 +42,7 @@ TEMPLATE_NAMES = (
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.?[^@\s<>\"',;]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def parse_velocity(value: str) -> tuple[int, int]:
@@ -67,8 +75,10 @@ def _split(value: Any) -> Any:
 
 def _check_address(value: str) -> str:
     """Return ``value`` if it is one plain address such as ``me@example.com``."""
+    if _CONTROL.search(value):
+        raise ValueError(f"{value!r} holds a control character")
     _name, addr = parseaddr(value)
-    if not addr or not _ADDRESS.match(addr) or any(c in value for c in "\r\n"):
+    if not addr or not _ADDRESS.match(addr):
         raise ValueError(f"{value!r} is not an email address")
     return value.strip()
 
@@ -84,15 +94,19 @@ def shipped_templates() -> Path:
 class Settings(BaseSettings):
     """Every ALERTS_* setting; see SPEC.md and .env.example for what each means."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=PREFIX,
-        env_file=".env",
-        env_file_encoding="utf-8",
-        env_ignore_empty=True,
-        extra="ignore",
-        frozen=True,
-        allow_inf_nan=False,
-    )
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the values :func:`load_settings` passes in: it reads the environment and ./.env itself."""
+        return (init_settings,)
 
     hn_api_url: str = "https://hacker-news.firebaseio.com/v0"
     story_lists: Annotated[tuple[str, ...], NoDecode] = ("topstories",)
@@ -110,7 +124,8 @@ class Settings(BaseSettings):
     smtp_security: Literal["none", "starttls", "tls"] = "starttls"
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
-    smtp_timeout: float = Field(30.0, gt=0)
+    smtp_timeout: float = Field(60.0, gt=0)
+    smtp_ca_file: Path | None = None
     send_attempts: int = Field(3, ge=1, le=100)
     send_backoff: float = Field(1.0, ge=0)
     email_from: str | None = None
@@ -136,10 +151,18 @@ class Settings(BaseSettings):
     @classmethod
     def _pattern(cls, value: str | None) -> str | None:
         if value is not None:
+            compile_title_pattern(value)
+        return value
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
             try:
-                re.compile(value, re.IGNORECASE)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
+                ssl.create_default_context().load_verify_locations(cafile=str(value))
+            except (OSError, ssl.SSLError) as exc:
+                reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+                raise ValueError(f"cannot load certificate authorities from {value}: {reason}") from None
         return value
 
     @field_validator("velocity")
@@ -235,8 +258,8 @@ class Settings(BaseSettings):
         return Rules(
             tiers=self.comment_threshold,
             min_score=self.min_score,
-            include=re.compile(self.title_include, re.IGNORECASE) if self.title_include else None,
-            exclude=re.compile(self.title_exclude, re.IGNORECASE) if self.title_exclude else None,
+            include=compile_title_pattern(self.title_include) if self.title_include else None,
+            exclude=compile_title_pattern(self.title_exclude) if self.title_exclude else None,
             velocity=parse_velocity(self.velocity) if self.velocity else None,
             quiet_hours=parse_quiet_hours(self.quiet_hours) if self.quiet_hours else None,
             zone=ZoneInfo(self.timezone),
@@ -252,23 +275,32 @@ class Settings(BaseSettings):
         """The To addresses: the setting, or ``you@localhost`` without SMTP."""
         return self.email_to or ("you@localhost",)
 
-    @property
-    def templates(self) -> Path:
-        """The folder the Jinja2 templates are loaded from."""
-        return self.templates_dir or shipped_templates()
-
 
 def _variable(loc: tuple[int | str, ...]) -> str:
     return PREFIX + str(loc[0]).upper() if loc else "settings"
 
 
-def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None = ".env") -> Settings:
-    """Build the settings from the environment (or ``env``) and ``env_file``.
+def read_env_file(path: str | None) -> dict[str, str]:
+    """The ALERTS_* lines of a ``.env`` file (none when it is absent)."""
+    if path is None or not os.path.isfile(path):
+        return {}
+    from dotenv import dotenv_values
 
+    return {k: v for k, v in dotenv_values(path).items() if k.startswith(PREFIX) and v is not None}
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None = ".env") -> Settings:
+    """Build the settings from ``env`` (default: the process environment) over ``env_file``.
+
+    The environment wins over the file; empty values count as unset.
     Raises :class:`ConfigError` naming the first variable at fault.
     """
+    merged = {**read_env_file(env_file), **(os.environ if env is None else env)}
+    values: dict[str, Any] = {
+        k[len(PREFIX) :].lower(): v for k, v in merged.items() if k.startswith(PREFIX) and v != ""
+    }
     try:
-        settings = _from_mapping(env, env_file) if env is not None else Settings(_env_file=env_file)
+        settings = Settings(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
@@ -279,10 +311,13 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
     return settings
 
 
-def _from_mapping(env: Mapping[str, str], env_file: str | None) -> Settings:
-    """Read settings from an explicit mapping instead of os.environ (tests)."""
-    values: dict[str, Any] = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX) and v != ""}
-    return Settings(_env_file=env_file, **values)
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_combination(s: Settings) -> None:
@@ -294,19 +329,24 @@ def _check_combination(s: Settings) -> None:
     if (s.smtp_username is None) != (s.smtp_password is None):
         missing = "ALERTS_SMTP_PASSWORD" if s.smtp_password is None else "ALERTS_SMTP_USERNAME"
         raise ConfigError(missing, "set both ALERTS_SMTP_USERNAME and ALERTS_SMTP_PASSWORD, or neither")
+    if s.smtp_host and s.smtp_username and s.smtp_security == "none" and not _is_loopback(s.smtp_host):
+        raise ConfigError(
+            "ALERTS_SMTP_SECURITY",
+            f"'none' would send the password in clear text to {s.smtp_host}; use starttls or tls"
+            " (a login without TLS is allowed only to a loopback address)",
+        )
     if s.state_db.is_dir():
         raise ConfigError(
             "ALERTS_STATE_DB", f"{s.state_db} is a folder; name a file such as {s.state_db}/alerts.sqlite3"
         )
     if not s.smtp_host and s.outbox_dir.exists() and not s.outbox_dir.is_dir():
         raise ConfigError("ALERTS_OUTBOX_DIR", f"{s.outbox_dir} exists and is not a folder")
-    folder = s.templates
-    missing_templates = [n for n in TEMPLATE_NAMES if not (folder / n).is_file()]
-    if missing_templates:
-        raise ConfigError("ALERTS_TEMPLATES_DIR", f"{folder} lacks {', '.join(missing_templates)}")
+    if s.templates_dir is not None and not s.templates_dir.is_dir():
+        raise ConfigError("ALERTS_TEMPLATES_DIR", f"{s.templates_dir} is not a folder")
 
 
-def unknown_variables(env: Mapping[str, str]) -> list[str]:
-    """ALERTS_* names in ``env`` that are not settings of this version (typos, or rules not built yet)."""
-    known = {PREFIX + name.upper() for name in Settings.model_fields}
-    return sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+def unknown_variables(*sources: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """ALERTS_* names in ``sources`` that are no setting (likely typos), each with the closest valid name."""
+    known = sorted(PREFIX + name.upper() for name in Settings.model_fields)
+    names = sorted({k for source in sources for k in source if k.startswith(PREFIX) and k not in known})
+    return [(name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None)) for name in names]

@@ -1,9 +1,13 @@
 """Delivery: hand a rendered mail to an SMTP server, or write it as an .eml file.
 
-A sender either returns (the mail was accepted, for at least one recipient;
-it returns the refused ones with the server's reply), raises
-:class:`PermanentDeliveryError` (a 5xx reply: never retried) or raises
-:class:`DeliveryError` (anything else: the mail stays in the outbox).
+A sender either returns a :class:`SendResult` (the conversation reached the
+recipients: which accepted, which refused for good, which only for now),
+raises :class:`PermanentDeliveryError` (a 5xx answer to MAIL or DATA: this
+message will never be taken) or raises :class:`DeliveryError` (anything
+else: connecting, the greeting, STARTTLS, the login, a 4xx, a timeout).
+A failure before MAIL is never permanent, whatever its code: it is about the
+server or our settings, not this message, so the mail stays in the outbox
+and the error says what to fix.
 """
 
 from __future__ import annotations
@@ -13,23 +17,40 @@ import logging
 import os
 import socket
 import ssl
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
 
-from alerts.config import Settings
 from alerts.errors import DeliveryError, PermanentDeliveryError
+from alerts.neterrors import describe
 
 log = logging.getLogger(__name__)
+
+#: A 530 to MAIL means "log in first": a settings problem, not this message's.
+_LOGIN_REQUIRED = 530
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the server said to each recipient of one mail.
+
+    ``refused`` are 5xx answers (never retried), ``deferred`` 4xx answers
+    (retried alone later); each maps the address to the server's reply.
+    """
+
+    accepted: tuple[str, ...] = ()
+    refused: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)
 
 
 class Sender(Protocol):
     """Something that delivers one mail to the given recipients."""
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
-        """Deliver ``message`` or raise :class:`DeliveryError`; return refused recipients and replies."""
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
+        """Deliver ``message`` or raise :class:`DeliveryError`; say what each recipient was told."""
         ...
 
     def describe(self) -> str:
@@ -38,7 +59,12 @@ class Sender(Protocol):
 
 
 class SmtpSender:
-    """Delivers through an SMTP server with aiosmtplib, one connection per mail."""
+    """Delivers through an SMTP server with aiosmtplib, one connection per mail.
+
+    Each step of the conversation is its own call, so a failure names the
+    step. A cancelled send closes its connection at once instead of waiting
+    on the server for QUIT, so shutdown keeps its deadline.
+    """
 
     def __init__(
         self,
@@ -48,7 +74,7 @@ class SmtpSender:
         security: str = "starttls",
         username: str | None = None,
         password: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = 60.0,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._host = host
@@ -61,51 +87,97 @@ class SmtpSender:
         self._local_hostname: str | None = None
 
     def describe(self) -> str:
-        """``smtp://host:port (security)``, plus the login name if any."""
+        """``SMTP host:port (security)``, plus the login name if any."""
         who = f" as {self._username}" if self._username else ""
         return f"SMTP {self._host}:{self._port} ({self._security}){who}"
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
-        """Send ``message`` to exactly ``recipients`` (never to addresses found in its headers).
-
-        Returns the recipients the server refused while accepting the others.
-        """
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
+        """Send ``message`` to exactly ``recipients`` (never to addresses found in its headers)."""
         if self._local_hostname is None:
             # socket.getfqdn() can block on DNS; do it once, off the loop.
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            use_tls=self._security == "tls",
+            start_tls=False,
+            tls_context=self._tls_context,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+        )
         try:
-            errors, _reply = await aiosmtplib.send(
-                message,
-                sender=sender,
-                recipients=list(recipients),
-                hostname=self._host,
-                port=self._port,
-                username=self._username,
-                password=self._password,
-                use_tls=self._security == "tls",
-                start_tls=self._security == "starttls",
-                tls_context=self._tls_context,
-                timeout=self._timeout,
-                local_hostname=self._local_hostname,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise _classify_refusals(exc.recipients) from exc
+            await self._open(client)
+            result = await self._transfer(client, message, sender, recipients)
+        except BaseException:
+            client.close()  # cancelled or failed: never wait on the server for a QUIT
+            raise
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()  # the mail was taken already; a failed goodbye changes nothing
+        return result
+
+    async def _open(self, client: aiosmtplib.SMTP) -> None:
+        """Connect, greet, start TLS and log in; every failure here is temporary."""
+        where = f"{self._host}:{self._port}"
+        step = "connect to"
+        try:
+            await client.connect()
+            if self._security == "starttls":
+                step = "start TLS with"
+                await client.starttls()
+            if self._username is not None and self._password is not None:
+                step = "log in to"
+                await client.login(self._username, self._password)
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                f"login to {where} refused: {exc.code} {exc.message}"
+                " (check ALERTS_SMTP_USERNAME and ALERTS_SMTP_PASSWORD)"
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
-            text = f"{exc.code} {exc.message}"
-            if 500 <= exc.code < 600:
-                raise PermanentDeliveryError(text) from exc
-            raise DeliveryError(text) from exc
+            raise DeliveryError(f"cannot {step} {where}: the server answered {exc.code} {exc.message}") from exc
+        except aiosmtplib.SMTPNotSupported as exc:
+            raise DeliveryError(f"cannot {step} {where}: {exc} {self._hint()}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
-        return {rcpt: f"{refusal.code} {refusal.message}" for rcpt, refusal in errors.items()}
+            raise DeliveryError(f"cannot {step} {where}: {describe(exc)} {self._hint()}".rstrip()) from exc
+
+    def _hint(self) -> str:
+        if self._security == "starttls" and self._port == 465:
+            return "(port 465 speaks implicit TLS: set ALERTS_SMTP_SECURITY=tls)"
+        if self._security == "tls" and self._port in (25, 587):
+            return f"(port {self._port} usually speaks STARTTLS: set ALERTS_SMTP_SECURITY=starttls)"
+        return ""
+
+    async def _transfer(
+        self, client: aiosmtplib.SMTP, message: EmailMessage, sender: str, recipients: tuple[str, ...]
+    ) -> SendResult:
+        """MAIL, RCPT and DATA: a 5xx to MAIL or DATA is permanent, RCPT answers are per recipient."""
+        try:
+            errors, _reply = await client.send_message(message, sender=sender, recipients=list(recipients))
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return _result(recipients, {r.recipient: (r.code, r.message) for r in exc.recipients})
+        except aiosmtplib.SMTPSenderRefused as exc:
+            text = f"MAIL FROM refused: {exc.code} {exc.message}"
+            if exc.code == _LOGIN_REQUIRED:
+                raise DeliveryError(
+                    f"{text} (the server wants a login: set ALERTS_SMTP_USERNAME and _PASSWORD)"
+                ) from exc
+            raise (PermanentDeliveryError if 500 <= exc.code < 600 else DeliveryError)(text) from exc
+        except aiosmtplib.SMTPDataError as exc:
+            text = f"DATA refused: {exc.code} {exc.message}"
+            raise (PermanentDeliveryError if 500 <= exc.code < 600 else DeliveryError)(text) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(f"{exc.code} {exc.message}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(describe(exc)) from exc
+        return _result(recipients, {rcpt: (reply.code, reply.message) for rcpt, reply in errors.items()})
 
 
-def _classify_refusals(refusals: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryError:
-    """Every recipient was refused: permanent only when every refusal was a 5xx."""
-    text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in refusals)
-    if refusals and all(500 <= r.code < 600 for r in refusals):
-        return PermanentDeliveryError(text)
-    return DeliveryError(text)
+def _result(recipients: tuple[str, ...], answers: dict[str, tuple[int, str]]) -> SendResult:
+    """Sort the recipients by the server's answer (those without one were accepted)."""
+    refused = {r: f"{code} {text}" for r, (code, text) in answers.items() if 500 <= code < 600}
+    deferred = {r: f"{code} {text}" for r, (code, text) in answers.items() if not 500 <= code < 600}
+    return SendResult(tuple(r for r in recipients if r not in answers), refused, deferred)
 
 
 class FileSender:
@@ -118,14 +190,14 @@ class FileSender:
         """The folder .eml files go to."""
         return f".eml files in {self._folder}"
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
         """Write the mail atomically; a later write of the same alert replaces it."""
         name = _file_name(message)
         try:
             await asyncio.to_thread(self._write, name, message.as_bytes())
         except OSError as exc:
             raise DeliveryError(f"cannot write {self._folder / name}: {exc.strerror}") from exc
-        return {}
+        return SendResult(accepted=recipients)
 
     def _write(self, name: str, data: bytes) -> None:
         self._folder.mkdir(parents=True, exist_ok=True)
@@ -144,16 +216,9 @@ def _file_name(message: EmailMessage) -> str:
     return safe.removeprefix("hn-alerts.").replace(".", "-") + ".eml"
 
 
-def make_sender(settings: Settings) -> Sender:
-    """SMTP when ``ALERTS_SMTP_HOST`` is set, else .eml files in ``ALERTS_OUTBOX_DIR``."""
-    if settings.smtp_host:
-        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        return SmtpSender(
-            settings.smtp_host,
-            settings.smtp_port,
-            security=settings.smtp_security,
-            username=settings.smtp_username,
-            password=password,
-            timeout=settings.smtp_timeout,
-        )
-    return FileSender(settings.outbox_dir)
+def smtp_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The system's roots, plus the private authorities of ALERTS_SMTP_CA_FILE for the SMTP server only."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context

@@ -6,7 +6,6 @@ arguments, so each rule is tested without a clock, a network or a DB.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
@@ -15,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from alerts.model import Story
+    from alerts.patterns import TitlePattern
 
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -26,8 +26,8 @@ class Rules:
 
     tiers: tuple[int, ...]
     min_score: int = 0
-    include: re.Pattern[str] | None = None
-    exclude: re.Pattern[str] | None = None
+    include: TitlePattern | None = None
+    exclude: TitlePattern | None = None
     velocity: tuple[int, int] | None = None  # (comments, minutes)
     quiet_hours: tuple[time, time] | None = None
     zone: ZoneInfo = UTC_ZONE

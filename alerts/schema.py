@@ -61,6 +61,50 @@ MIGRATIONS = (
         PRIMARY KEY (story_id, at)
     );
     """,
+    # 3: the outbox owns all of its state: per-alert next try, dropped alerts, digests stored with
+    # their members, per-recipient outcomes; the baseline owed to stories; small key-value facts.
+    """
+    CREATE TABLE alerts3 (
+        story_id   INTEGER NOT NULL,
+        kind       TEXT    NOT NULL,
+        tier       INTEGER NOT NULL,
+        status     TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'baseline', 'dropped')),
+        alert      TEXT    NOT NULL,
+        created_at REAL    NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        done_at    REAL,
+        held       INTEGER NOT NULL DEFAULT 0,
+        next_try   REAL    NOT NULL DEFAULT 0,
+        digest     TEXT,
+        PRIMARY KEY (story_id, kind, tier)
+    );
+    INSERT INTO alerts3 (story_id, kind, tier, status, alert, created_at, attempts, last_error, done_at, held)
+        SELECT story_id, kind, tier, status, alert, created_at, attempts, last_error, done_at, held FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts3 RENAME TO alerts;
+    CREATE INDEX alerts_pending ON alerts (status) WHERE status = 'pending';
+    CREATE TABLE digests (
+        id         TEXT    PRIMARY KEY,
+        status     TEXT    NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'dropped')),
+        held       INTEGER NOT NULL DEFAULT 0,
+        created_at REAL    NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_try   REAL    NOT NULL DEFAULT 0,
+        last_error TEXT,
+        done_at    REAL
+    );
+    CREATE TABLE recipients (
+        mail    TEXT NOT NULL,
+        address TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused')),
+        reply   TEXT,
+        at      REAL NOT NULL,
+        PRIMARY KEY (mail, address)
+    );
+    CREATE TABLE baseline_owed (story_id INTEGER PRIMARY KEY);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 
@@ -74,14 +118,18 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def connect(path: Path, exclusive: bool) -> tuple[sqlite3.Connection, IO[bytes] | None]:
-    """Open, lock and migrate the DB (runs on the DB thread)."""
+    """Open, lock and migrate the DB (runs on the DB thread).
+
+    The lock is taken on the file's real path (links resolved), so two names
+    for one DB cannot let two services share it.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StateError(f"ALERTS_STATE_DB: cannot create folder {path.parent}: {exc.strerror}") from exc
     lock: IO[bytes] | None = None
     if exclusive:
-        lock = _lock(path)
+        lock = _lock(path.resolve())
     try:
         conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level="DEFERRED")
         conn.execute("PRAGMA journal_mode=WAL")

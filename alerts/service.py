@@ -9,18 +9,22 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from alerts import ledger
 from alerts.config import Settings
-from alerts.dispatch import Dispatcher
 from alerts.errors import FetchError, StateError
 from alerts.hn import HNClient, Item
 from alerts.model import Alert, Story
+from alerts.outbox import Outbox
 from alerts.rules import due_tier, needs_walk, velocity_gain
 from alerts.schedule import fixed_rate
-from alerts.store import Key, LastWalk, Store
+from alerts.store import LastWalk, Store
 from alerts.tasks import TaskRegistry
 from alerts.walk import walk_kids
 
 log = logging.getLogger(__name__)
+
+#: After failed cycles in a row, cycles are skipped until at most this many seconds apart.
+MAX_CYCLE_GAP = 600.0
 
 
 @dataclass
@@ -51,6 +55,7 @@ class _Known:
     history: dict[int, list[tuple[float, int]]]
     now: float
     baseline: bool
+    owed: set[int]
 
 
 class Service:
@@ -61,7 +66,7 @@ class Service:
         settings: Settings,
         hn: HNClient,
         store: Store,
-        dispatcher: Dispatcher,
+        outbox: Outbox,
         registry: TaskRegistry,
         *,
         clock: Callable[[], float] = time.time,
@@ -70,24 +75,28 @@ class Service:
         self._rules = settings.rules
         self._hn = hn
         self._store = store
-        self._dispatcher = dispatcher
+        self._outbox = outbox
         self._registry = registry
         self._clock = clock
         self._cycles = 0
         # How far before a velocity window a sample may lie and still stand for its start.
         self._sample_gap = 2 * settings.poll_interval + 60
-        self._baseline_pending: bool | None = None if settings.baseline else False
-        # Stories the baseline cycle could not count in full: their baseline is taken when they can be.
-        self._baseline_retry: set[int] = set()
-
-    @property
-    def dispatched(self) -> set[Key]:
-        """The alerts handed to a send in this run (tracked by ``run_once``)."""
-        return self._dispatcher.dispatched
+        self._baseline: bool | None = None if settings.baseline else False
+        self._failed_cycles = 0
+        self._skip = 0
 
     async def dispatch_pending(self) -> int:
         """Start sends for what waits in the outbox."""
-        return await self._dispatcher.dispatch_pending()
+        return await self._outbox.dispatch()
+
+    async def _baseline_cycle(self) -> bool:
+        """Whether this cycle takes the baseline: the first on an empty DB, or one a crash cut short."""
+        if self._baseline is None:
+            state = await self._store.baseline_state()
+            self._baseline = state == "running" or (state is None and await self._store.is_empty())
+            if self._baseline:
+                await self._store.set_baseline_state("running")
+        return self._baseline
 
     async def run_cycle(self) -> CycleReport:
         """One poll cycle; never awaits a send."""
@@ -95,8 +104,7 @@ class Service:
         report = CycleReport(self._cycles)
         loop = asyncio.get_running_loop()
         started, fetches = loop.time(), self._hn.fetches
-        if self._baseline_pending is None:
-            self._baseline_pending = await self._store.is_empty()
+        baseline = await self._baseline_cycle()
         await self.dispatch_pending()
         ids = await self._story_ids()
         report.stories = len(ids)
@@ -106,7 +114,8 @@ class Service:
             heated=await self._store.velocity_alerted(ids) if self._rules.velocity else set(),
             history=await self._store.count_history(ids) if self._rules.velocity else {},
             now=self._clock(),
-            baseline=self._baseline_pending,
+            baseline=baseline,
+            owed=await self._store.baseline_owed() if self._settings.baseline else set(),
         )
         async with asyncio.TaskGroup() as group:
             for story_id in ids:
@@ -114,7 +123,8 @@ class Service:
         if self._rules.velocity:
             await self._store.record_counts(report.counts, self._rules.velocity[1] * 60 + self._sample_gap)
         if known.baseline:
-            self._baseline_pending = False
+            await self._store.set_baseline_state("done")
+            self._baseline = False
             log.info("baseline: %d stories recorded, no mail", report.baseline)
         if self._settings.digest:
             # This cycle's alerts were only queued: the digest carries them. Without a digest each
@@ -175,7 +185,13 @@ class Service:
             report.errors.append(story_id)
             log.error("story %d not checked: %r", story_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         if known.baseline:
-            self._baseline_retry.add(story_id)  # not counted: its baseline is taken when it can be
+            await self._owe_baseline(story_id, True)  # not counted: its baseline is taken when it can be
+
+    async def _owe_baseline(self, story_id: int, owed: bool) -> None:
+        try:
+            await self._store.owe_baseline(story_id, owed)
+        except StateError as exc:
+            log.error("story %d: baseline not recorded: %s", story_id, exc)
 
     async def _check_story(self, story_id: int, known: _Known, report: CycleReport) -> None:
         item = await self._hn.item(story_id)
@@ -198,11 +214,10 @@ class Service:
             count, complete = await self._walk(story, item, report)
         if complete:  # a partial count would fake a jump in the velocity history
             report.counts.append((story_id, count))
-        baseline = known.baseline or story_id in self._baseline_retry
+        baseline = known.baseline or story_id in known.owed
         if baseline and not complete:
-            self._baseline_retry.add(story_id)  # a lower bound: take the baseline next cycle
+            await self._store.owe_baseline(story_id, True)  # a lower bound: take the baseline next cycle
             return
-        self._baseline_retry.discard(story_id)
         tier = due_tier(count, self._rules.tiers, known.alerted.get(story_id))
         if tier is not None:
             await self._queue(Alert(story, tier, count), baseline, report)
@@ -213,6 +228,8 @@ class Service:
             if gain >= need:
                 heat = Alert(story, 0, count, kind="velocity", gain=gain, minutes=max(1, round(span)))
                 await self._queue(heat, baseline, report)
+        if story_id in known.owed:
+            await self._store.owe_baseline(story_id, False)
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
         """The story's count, and whether the walk fetched every item it tried."""
@@ -238,23 +255,42 @@ class Service:
                 report.baseline += 1
                 log.debug("baseline: story %d recorded at tier %d, no mail", story.id, alert.tier)
             return
-        held = self._dispatcher.quiet()
-        if not await self._store.enqueue(alert, held=held):
+        state = await self._outbox.queue(alert)
+        if state is None:
             return
         report.alerts += 1
         what = f"+{alert.gain} in {alert.minutes} min" if alert.kind == "velocity" else f"tier {alert.tier}"
-        state = "held for quiet hours" if held else "queued"
+        state = "held for quiet hours" if state == "held" else state
         log.info("alert %s: story %d %r, %d comments (%s)", state, story.id, story.title, alert.comments, what)
-        if not held:
-            self._dispatcher.send_now(alert.key)  # held ones leave in the digest after quiet hours
 
     async def _safe_cycle(self) -> None:
+        """One cycle whose failure is logged; after failures in a row, cycles are skipped (exponential backoff)."""
+        if self._skip:
+            self._skip -= 1
+            log.debug("cycle skipped: backing off after %d failed cycle(s)", self._failed_cycles)
+            return
         try:
             await self.run_cycle()
         except FetchError as exc:
-            log.warning("cycle %d failed: %s; the service goes on", self._cycles, exc)
+            self._backoff()
+            log.warning("cycle %d failed: %s; %s", self._cycles, exc, self._next_cycle())
         except Exception:
-            log.exception("cycle %d failed; the service goes on", self._cycles)
+            self._backoff()
+            log.exception("cycle %d failed; %s", self._cycles, self._next_cycle())
+        else:
+            self._failed_cycles = 0
+
+    def _backoff(self) -> None:
+        """Skip 0, 1, 3, 7 ... ticks after 1, 2, 3, 4 ... failed cycles in a row, up to 10 minutes apart."""
+        self._failed_cycles += 1
+        most = max(0, int(MAX_CYCLE_GAP // self._settings.poll_interval) - 1)
+        self._skip = min(2 ** min(self._failed_cycles - 1, 30) - 1, most)
+
+    def _next_cycle(self) -> str:
+        if not self._skip:
+            return "the service goes on"
+        wait = (self._skip + 1) * self._settings.poll_interval
+        return f"backing off: the next cycle in {wait:g} s ({self._failed_cycles} failed in a row)"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at a fixed rate until ``stop`` is set, then cancel the cycle and drain sends."""
@@ -270,17 +306,25 @@ class Service:
         reads HN, so they go out even when the cycle fails (its error is
         raised after the drain) or ``stop`` cuts it short.
         """
-        self._dispatcher.track = True
+        stop = stop or asyncio.Event()
+        started = self._store.now()
         reports: list[CycleReport] = []
 
         async def cycle() -> None:
-            reports.append(await self.run_cycle())
+            failure: Exception | None = None
+            try:
+                reports.append(await self.run_cycle())
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once the sends it started are delivered
+                failure = exc
+            await self._registry.join()  # --once waits for its sends, their tries and backoff included
+            if failure is not None:
+                raise failure
 
         try:
-            await _until(cycle(), stop or asyncio.Event())
+            await _until(cycle(), stop)
         finally:
             await self.drain()
-        delivered = await self._all_delivered()
+        delivered = await self._all_delivered(started)
         errors = sum(len(r.errors) for r in reports)
         if errors:
             log.warning("%d story(ies) could not be checked; an alert may be due there", errors)
@@ -290,12 +334,8 @@ class Service:
         """Give sends in flight up to ALERTS_SHUTDOWN_TIMEOUT, then cancel them."""
         await self._registry.drain(self._settings.shutdown_timeout)
 
-    async def _all_delivered(self) -> bool:
-        undelivered = 0
-        for key in sorted(self.dispatched):
-            entry = await self._store.get(key)
-            if entry is None or entry.status != "sent":
-                undelivered += 1
+    async def _all_delivered(self, since: float) -> bool:
+        undelivered = await self._store.run(ledger.undelivered, since)
         if undelivered:
             log.warning("%d alert(s) not delivered; the ones not refused for good are kept in the outbox", undelivered)
         return undelivered == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Hashable
+from collections.abc import Coroutine, Hashable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ class TaskRegistry:
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._tasks
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._tasks))
 
     def spawn(self, key: Hashable, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
         """Run ``coro`` as a task owned by the registry.

@@ -19,6 +19,14 @@ from tests.smtpserver import SmtpServer
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ALERTS_* variable exported in the shell, nor a ./.env, can change a test."""
+    for name in [k for k in os.environ if k.startswith("ALERTS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def hn() -> Iterator[FakeHN]:
     """A fake HN API on a free loopback port."""

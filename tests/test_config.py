@@ -22,8 +22,8 @@ def test_defaults_match_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (s.smtp_host, s.smtp_port, s.smtp_security) == (None, 587, "starttls")
     assert (s.sender, s.recipients) == ("alerts@localhost", ("you@localhost",))
     assert (s.state_db, s.outbox_dir) == (Path("alerts.sqlite3"), Path("outbox"))
-    assert (s.shutdown_timeout, s.log_level) == (30.0, "INFO")
-    assert (s.templates / "alert.html").is_file()
+    assert (s.shutdown_timeout, s.log_level, s.smtp_timeout, s.smtp_ca_file) == (30.0, "INFO", 60.0, None)
+    assert (s.send_attempts, s.send_backoff, s.fetch_backoff, s.templates_dir) == (3, 1.0, 0.5, None)
 
 
 def test_lists_and_tiers_parse_from_comma_lists() -> None:

@@ -13,7 +13,7 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from alerts.config import shipped_templates
-from alerts.delivery import FileSender, SmtpSender
+from alerts.delivery import FileSender, SendResult, SmtpSender
 from alerts.errors import DeliveryError, PermanentDeliveryError
 from alerts.mail import Renderer
 from alerts.model import Alert, Story
@@ -92,7 +92,7 @@ async def test_implicit_tls(ca: trustme.CA, client_tls: ssl.SSLContext) -> None:
 
 
 async def test_login_with_username_and_password() -> None:
-    """Both credentials set: the client logs in; a wrong password is a permanent refusal."""
+    """Both credentials set: the client logs in; a wrong password is temporary and names what to fix."""
     logins: list[tuple[bytes, bytes]] = []
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
@@ -105,8 +105,9 @@ async def test_login_with_username_and_password() -> None:
         ok = SmtpSender("127.0.0.1", server.port, security="none", username="u", password="s3cret", timeout=5)
         await ok.send(mail(), sender="alerts@example.org", recipients=TO)
         bad = SmtpSender("127.0.0.1", server.port, security="none", username="u", password="nope", timeout=5)
-        with pytest.raises(PermanentDeliveryError, match="535"):
+        with pytest.raises(DeliveryError, match="535.*ALERTS_SMTP_PASSWORD") as info:
             await bad.send(mail(), sender="alerts@example.org", recipients=TO)
+        assert not isinstance(info.value, PermanentDeliveryError)
         assert len(server.received) == 1
         assert logins[0] == (b"u", b"s3cret")
     finally:
@@ -130,17 +131,18 @@ async def test_one_refused_recipient_does_not_stop_the_others(smtp: SmtpServer) 
     """A 550 for one recipient: the mail still goes to the other."""
     smtp.handler.rcpt_replies = {"you@example.org": "550 5.1.1 no such user"}
     sender = SmtpSender("127.0.0.1", smtp.port, security="none", timeout=5)
-    refused = await sender.send(mail(), sender="alerts@example.org", recipients=TO)
+    result = await sender.send(mail(), sender="alerts@example.org", recipients=TO)
     assert smtp.received[0].rcpt_tos == ["me@example.org"]
-    assert refused == {"you@example.org": "550 5.1.1 no such user"}
+    assert result == SendResult(("me@example.org",), {"you@example.org": "550 5.1.1 no such user"}, {})
 
 
-async def test_every_recipient_refused_is_permanent(smtp: SmtpServer) -> None:
-    """550 for every recipient is a permanent refusal naming them."""
-    smtp.handler.rcpt_replies = {a: "550 5.1.1 no such user" for a in TO}
+async def test_every_recipient_refused_is_answered_per_recipient(smtp: SmtpServer) -> None:
+    """550 for one recipient and 450 for the other: one refused for good, one deferred, nothing sent."""
+    smtp.handler.rcpt_replies = {TO[0]: "550 5.1.1 no such user", TO[1]: "450 4.2.1 mailbox busy"}
     sender = SmtpSender("127.0.0.1", smtp.port, security="none", timeout=5)
-    with pytest.raises(PermanentDeliveryError, match=r"you@example\.org"):
-        await sender.send(mail(), sender="alerts@example.org", recipients=TO)
+    result = await sender.send(mail(), sender="alerts@example.org", recipients=TO)
+    assert result == SendResult((), {TO[0]: "550 5.1.1 no such user"}, {TO[1]: "450 4.2.1 mailbox busy"})
+    assert smtp.received == []
 
 
 async def test_server_down_is_temporary() -> None:

@@ -79,7 +79,7 @@ def test_554_is_permanent_and_blocks_nothing(hn: FakeHN, smtp: SmtpServer, env: 
     assert statuses(tmp_path) == {1: "failed", 2: "sent"}
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:
         assert db.execute("SELECT last_error FROM alerts WHERE story_id = 1").fetchone() == (
-            "554 5.7.1 rejected as spam",
+            "DATA refused: 554 5.7.1 rejected as spam",
         )
 
 

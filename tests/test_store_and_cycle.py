@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from alerts import ledger
+from alerts.delivery import SendResult
 from alerts.errors import StateError
 from alerts.model import Alert, Story
 from alerts.store import Store
@@ -22,20 +24,26 @@ def alert(story_id: int = 1, tier: int = 100) -> Alert:
     return Alert(Story(story_id, "T", "u", 1, None, 5), tier, tier + 1)
 
 
+async def enqueue(store: Store, new: Alert) -> bool:
+    """Write ``new`` to the outbox as the service does before sending it."""
+    return await store.run(ledger.insert, new, "pending", False, store.now())
+
+
 async def test_enqueue_is_idempotent_and_survives_reopen(tmp_path: Path) -> None:
     """The same (story, tier) is queued once; the outbox and the sent mark persist on disk."""
     db = tmp_path / "s.sqlite3"
     store = await Store.open(db)
-    assert await store.enqueue(alert()) is True
-    assert await store.enqueue(alert()) is False
-    assert await store.enqueue(alert(tier=250)) is True
-    await store.mark_sent((1, "tier", 100))
+    assert await enqueue(store, alert()) is True
+    assert await enqueue(store, alert()) is False
+    assert await enqueue(store, alert(tier=250)) is True
+    await store.run(ledger.finish, ledger.alert_mail((1, "tier", 100)), "sent", None, store.now())
     await store.close()
     store = await Store.open(db)
     try:
         assert await store.pending() == [(1, "tier", 250)]
         assert await store.alerted_tiers([1, 2]) == {1: 250}
-        assert await store.counts() == {"pending": 1, "sent": 1, "failed": 0}
+        counts = await store.counts()
+        assert counts == {"pending": 1, "held": 0, "sent": 1, "failed": 0, "dropped": 0, "baseline": 0}
     finally:
         await store.close()
 
@@ -65,11 +73,11 @@ class BlockedSender:
         self.started = asyncio.Event()
         self.sent: list[EmailMessage] = []
 
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> dict[str, str]:
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
         self.started.set()
         await self.release.wait()
         self.sent.append(message)
-        return {}
+        return SendResult(accepted=recipients)
 
     def describe(self) -> str:
         return "blocked sender"
@@ -96,7 +104,7 @@ async def test_cycle_dispatches_outbox_left_from_before(hn: FakeHN, env: dict[st
     """An entry pending from an earlier run is sent in the next cycle even if nothing new is due."""
     hn.set_list("topstories", [])
     store = await Store.open(Path(env["ALERTS_STATE_DB"]))
-    await store.enqueue(alert(story_id=77))
+    await enqueue(store, alert(story_id=77))
     await store.close()
     sender = BlockedSender()
     sender.release.set()
@@ -133,7 +141,7 @@ async def test_a_db_made_by_the_first_version_is_migrated_with_its_rows(tmp_path
     conn.close()
     store = await Store.open(db)
     try:
-        assert await store.pending_held() == [((1, "tier", 100), False)]
+        assert await store.pending() == [(1, "tier", 100)]
         assert await store.alerted_tiers([1, 2]) == {1: 100, 2: 100}
         assert await store.record_baseline(alert(3)) is True  # a status the old CHECK refused
         await store.record_counts([(1, 50)], keep_seconds=60)
@@ -141,5 +149,5 @@ async def test_a_db_made_by_the_first_version_is_migrated_with_its_rows(tmp_path
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     conn.close()
