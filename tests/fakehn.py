@@ -354,6 +354,15 @@ class FakeHN:
         """The next ``times`` requests to ``path`` get this status, headers and body."""
         self._script(path, times, _Fault("status", status, dict(headers or {}), body))
 
+    def answer(
+        self, path: str, body: bytes, headers: dict[str, str] | None = None, *, times: int = 1, status: int = 200
+    ) -> None:
+        """The next ``times`` requests to ``path`` get exactly these bytes (e.g. compressed, or hostile).
+
+        ``headers`` go out as given (``Content-Encoding``, say); ``Content-Length`` is always ``len(body)``.
+        """
+        self._script(path, times, _Fault("status", status, dict(headers or {}), body))
+
     def fail_all(self, times: int, status: int = 503, headers: dict[str, str] | None = None) -> None:
         """Every path fails its first ``times`` requests from now on, then succeeds.
 

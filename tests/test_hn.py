@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -14,6 +14,10 @@ from alerts.hn import HNClient, RetryPolicy, retry_after_seconds
 from alerts.http import Transport
 from tests import trees
 from tests.fakehn import FakeHN
+from tests.smtpserver import free_port
+
+#: (task name, "request" or "sleep", path or seconds), in the order they happened.
+Events = list[tuple[str, str, object]]
 
 
 class RecordingSleep:
@@ -24,6 +28,37 @@ class RecordingSleep:
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """Passes requests on to the real transport, noting which task sent which path."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, events: Events) -> None:
+        self._inner = inner
+        self._events = events
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._events.append((_task_name(), "request", request.url.path))
+        return await self._inner.handle_async_request(request)
+
+
+def recording_sleep(events: Events) -> Callable[[float], Awaitable[None]]:
+    """An injected sleep that notes which task waited how long, and yields as a real sleep would."""
+
+    async def sleep(seconds: float) -> None:
+        events.append((_task_name(), "sleep", seconds))
+        await asyncio.sleep(0)
+
+    return sleep
+
+
+def _task_name() -> str:
+    task = asyncio.current_task()
+    return task.get_name() if task else "?"
+
+
+def of_task(events: Events, name: str) -> list[tuple[str, object]]:
+    return [(kind, what) for task, kind, what in events if task == name]
 
 
 @pytest.fixture
@@ -47,13 +82,73 @@ async def test_5xx_and_429_are_retried_then_succeed(hn: FakeHN, http: httpx.Asyn
 
 
 async def test_retry_after_is_honoured(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
-    """A 429 with Retry-After: 7 waits 7 s (on the injected sleep), not the backoff."""
+    """A 429 with Retry-After: 7 waits 7 s plus at most 10% (on the injected sleep), not the backoff."""
     hn.add_story(1, trees.wide(10, 1))
     hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "7"})
     sleep = RecordingSleep()
-    client = HNClient(http, hn.url, retry=RetryPolicy(attempts=3, backoff=0.01), sleep=sleep)
+    client = HNClient(http, hn.url, retry=RetryPolicy(attempts=3, backoff=0.01), sleep=sleep, clock=lambda: 0.0)
     assert await client.item(1) is not None
-    assert sleep.waits == [7.0]
+    waits = [w for w in sleep.waits if w > 0]
+    assert len(waits) == 1 and 7.0 <= waits[0] <= 7.7
+
+
+async def test_retry_after_pauses_every_request_of_the_client(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+    """A 429 with Retry-After: 30 on one path holds back a concurrent request to another path too.
+
+    Both wait 30 s plus at most 10% jitter (capped at 1 s) on the injected sleep, before they send.
+    """
+    hn.add_story(1, trees.wide(10, 1))
+    hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "30"})
+    events: Events = []
+    client = HNClient(
+        RecordingTransport(http, events),
+        hn.url,
+        max_concurrency=1,
+        retry=RetryPolicy(attempts=3, backoff=0),
+        sleep=recording_sleep(events),
+        clock=lambda: 1_000.0,
+    )
+    first = asyncio.create_task(client.item(1), name="first")
+    second = asyncio.create_task(client.item(10), name="second")
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=5)
+    assert of_task(events, "second")[1:] == [("request", "/v0/item/10.json")]
+    (kind, wait) = of_task(events, "second")[0]
+    assert kind == "sleep" and 30.0 <= wait <= 31.0  # type: ignore[operator]
+    first_events = of_task(events, "first")
+    assert first_events[0] == ("request", "/v0/item/1.json") and first_events[-1] == first_events[0]
+    assert [w for kind, w in first_events if kind == "sleep" and w] == [pytest.approx(30.5, abs=0.5)]
+    assert hn.requests["/v0/item/1.json"] == 2 and hn.requests["/v0/item/10.json"] == 1
+
+
+async def test_a_request_started_during_a_pause_waits_for_the_rest_of_it(
+    hn: FakeHN, http: httpx.AsyncBaseTransport
+) -> None:
+    """20 s into a 30 s pause, a new request waits the 10 s left (plus jitter); after the pause, none."""
+    hn.add_story(1, trees.wide(10, 1))
+    hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "30"})
+    now = [1_000.0]
+    sleep = RecordingSleep()
+    client = HNClient(http, hn.url, retry=RetryPolicy(attempts=3, backoff=0), sleep=sleep, clock=lambda: now[0])
+    assert await client.item(1) is not None
+    now[0] += 20
+    sleep.waits.clear()
+    assert await client.item(10) is not None
+    assert len(sleep.waits) == 1 and 10.0 <= sleep.waits[0] <= 11.0
+    now[0] += 11
+    sleep.waits.clear()
+    assert await client.item(10) is not None
+    assert sleep.waits == []
+
+
+async def test_retry_after_is_capped_at_60_s(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+    """Retry-After: 9999 pauses the client for 60 s (plus at most 1 s of jitter), not 2 3/4 hours."""
+    hn.add_story(1, trees.wide(10, 1))
+    hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "9999"})
+    sleep = RecordingSleep()
+    client = HNClient(http, hn.url, retry=RetryPolicy(attempts=3, backoff=0), sleep=sleep, clock=lambda: 0.0)
+    assert await client.item(1) is not None
+    waits = [w for w in sleep.waits if w > 0]
+    assert len(waits) == 1 and 60.0 <= waits[0] <= 61.0
 
 
 async def test_backoff_grows_exponentially_with_jitter(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
@@ -106,6 +201,49 @@ async def test_timeout_is_retried(hn: FakeHN) -> None:
         with pytest.raises(RetryableFetchError, match="timeout"):
             await client.item(1)
     assert client.fetches == 2
+
+
+async def test_a_refused_connection_says_refused(http: httpx.AsyncBaseTransport) -> None:
+    """A closed port is "connection refused by HOST:PORT", not a timeout."""
+    port = free_port()
+    client = HNClient(http, f"http://127.0.0.1:{port}/v0", retry=RetryPolicy(attempts=1))
+    with pytest.raises(RetryableFetchError) as info:
+        await asyncio.wait_for(client.item(1), timeout=10)
+    assert info.value.reason == f"connection refused by 127.0.0.1:{port}"
+
+
+async def test_a_dns_failure_says_dns(http: httpx.AsyncBaseTransport) -> None:
+    """A name that cannot resolve (``.invalid`` never does) is a DNS failure naming the host."""
+    client = HNClient(http, "http://hn-alerts-test.invalid/v0", retry=RetryPolicy(attempts=1), request_timeout=5)
+    with pytest.raises(RetryableFetchError) as info:
+        await asyncio.wait_for(client.item(1), timeout=10)
+    assert info.value.reason.startswith("DNS lookup failed for hn-alerts-test.invalid")
+
+
+async def test_tls_to_a_plain_http_server_says_tls(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+    """https:// to a server that speaks plain HTTP is a TLS error naming the endpoint."""
+    client = HNClient(http, hn.url.replace("http://", "https://"), retry=RetryPolicy(attempts=1), request_timeout=5)
+    with pytest.raises(RetryableFetchError) as info:
+        await asyncio.wait_for(client.item(1), timeout=10)
+    assert info.value.reason.startswith("TLS error: ")
+    assert f"127.0.0.1:{hn.port}" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("hard", "reason"),
+    [(True, "connection reset by {where}"), (False, "connection closed by {where} before the answer was complete")],
+    ids=["rst", "fin"],
+)
+async def test_a_dropped_connection_says_how(
+    hn: FakeHN, http: httpx.AsyncBaseTransport, hard: bool, reason: str
+) -> None:
+    """A connection the server resets (RST) or closes (FIN) without answering says which, and where."""
+    # aiohttp itself sends an idempotent request once more on a dropped connection: drop both.
+    hn.reset_connection("/v0/item/1.json", 2, hard=hard)
+    client = HNClient(http, hn.url, retry=RetryPolicy(attempts=1))
+    with pytest.raises(RetryableFetchError) as info:
+        await client.item(1)
+    assert info.value.reason == reason.format(where=f"127.0.0.1:{hn.port}")
 
 
 async def test_malformed_json_is_retried_then_raised(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
