@@ -13,6 +13,7 @@ and the error says what to fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -63,7 +64,9 @@ class SmtpSender:
 
     Each step of the conversation is its own call, so a failure names the
     step. A cancelled send closes its connection at once instead of waiting
-    on the server for QUIT, so shutdown keeps its deadline.
+    on the server for QUIT, so shutdown keeps its deadline; a finished one
+    sends QUIT without waiting for the reply, so the server's answer to the
+    mail reaches the outbox as soon as it is given.
     """
 
     def __init__(
@@ -111,10 +114,7 @@ class SmtpSender:
         except BaseException:
             client.close()  # cancelled or failed: never wait on the server for a QUIT
             raise
-        try:
-            await client.quit()
-        except (aiosmtplib.SMTPException, OSError):
-            client.close()  # the mail was taken already; a failed goodbye changes nothing
+        _goodbye(client)
         return result
 
     async def _open(self, client: aiosmtplib.SMTP) -> None:
@@ -137,11 +137,14 @@ class SmtpSender:
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(f"cannot {step} {where}: the server answered {exc.code} {exc.message}") from exc
         except aiosmtplib.SMTPNotSupported as exc:
-            raise DeliveryError(f"cannot {step} {where}: {exc} {self._hint()}") from exc
+            raise DeliveryError(f"cannot {step} {where}: {exc} {self._hint(str(exc))}".rstrip()) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(f"cannot {step} {where}: {describe(exc)} {self._hint()}".rstrip()) from exc
+            reason = describe(exc, self._host, self._port)
+            raise DeliveryError(f"cannot {step} {where}: {reason} {self._hint(reason)}".rstrip()) from exc
 
-    def _hint(self) -> str:
+    def _hint(self, reason: str) -> str:
+        if "certificate not trusted" in reason:
+            return "(signed by a private authority? set ALERTS_SMTP_CA_FILE to its PEM file)"
         if self._security == "starttls" and self._port == 465:
             return "(port 465 speaks implicit TLS: set ALERTS_SMTP_SECURITY=tls)"
         if self._security == "tls" and self._port in (25, 587):
@@ -169,8 +172,23 @@ class SmtpSender:
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(f"{exc.code} {exc.message}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryError(describe(exc)) from exc
+            raise DeliveryError(describe(exc, self._host, self._port)) from exc
         return _result(recipients, {rcpt: (reply.code, reply.message) for rcpt, reply in errors.items()})
+
+
+def _goodbye(client: aiosmtplib.SMTP) -> None:
+    """Send QUIT and close at once, without waiting for the server's 221.
+
+    The mail was taken (or refused) already. Waiting on the server here would
+    hold the answer back from the outbox: a server slow to say goodbye would
+    delay marking the mail sent by up to ALERTS_SMTP_TIMEOUT, and a shutdown
+    in that wait would cancel a send the server had accepted, so the mail
+    would go out again. Closing flushes the QUIT before the connection ends.
+    """
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError, RuntimeError):
+        if client.protocol is not None:
+            client.protocol.write(b"QUIT\r\n")
+    client.close()
 
 
 def _result(recipients: tuple[str, ...], answers: dict[str, tuple[int, str]]) -> SendResult:

@@ -105,7 +105,7 @@ async def test_login_with_username_and_password() -> None:
         ok = SmtpSender("127.0.0.1", server.port, security="none", username="u", password="s3cret", timeout=5)
         await ok.send(mail(), sender="alerts@example.org", recipients=TO)
         bad = SmtpSender("127.0.0.1", server.port, security="none", username="u", password="nope", timeout=5)
-        with pytest.raises(DeliveryError, match="535.*ALERTS_SMTP_PASSWORD") as info:
+        with pytest.raises(DeliveryError, match=r"535.*ALERTS_SMTP_PASSWORD") as info:
             await bad.send(mail(), sender="alerts@example.org", recipients=TO)
         assert not isinstance(info.value, PermanentDeliveryError)
         assert len(server.received) == 1
