@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
+import threading
 from datetime import UTC, datetime, time
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,8 +15,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from alerts.config import load_settings
-from alerts.errors import ConfigError
-from alerts.rules import in_quiet_hours, velocity_gain
+from alerts.delivery import SendResult
+from alerts.errors import ConfigError, DeliveryError
+from alerts.model import Alert, Story
+from alerts.rules import Rules, in_quiet_hours, velocity_gain
 from tests import trees
 from tests.conftest import run_cli, with_smtp
 from tests.fakehn import FakeHN
@@ -93,6 +99,31 @@ def test_velocity_gain_reads_the_window_from_history() -> None:
     assert velocity_gain([], 1800.0, 50, 20, gap=120) == (0, 0.0)
 
 
+# now = 3600 s, a 20-minute window: start = 2400 s; gap 120 s: a sample at 2280..2400 s stands for the start.
+NOW, START, GAP = 3600.0, 2400.0, 120.0
+VELOCITY_EDGES = [
+    ("no samples", [], (0, 0.0)),
+    ("exactly at start", [(START, 10)], (40, 20.0)),
+    ("at start wins over an older one", [(START - 100, 5), (START, 10)], (40, 20.0)),
+    ("just before start", [(START - 1, 10)], (40, (NOW - START + 1) / 60)),
+    ("latest before start wins", [(START - 100, 5), (START - 50, 8), (START + 100, 20)], (42, (NOW - START + 50) / 60)),
+    ("exactly at start - gap", [(START - GAP, 10)], (40, (NOW - START + GAP) / 60)),
+    ("just outside start - gap", [(START - GAP - 1, 10)], (0, 0.0)),
+    ("outside start - gap, then inside", [(START - GAP - 1, 10), (START + 100, 20)], (30, (NOW - START - 100) / 60)),
+    ("just inside the window", [(START + 1, 10)], (40, (NOW - START - 1) / 60)),
+    ("oldest inside wins", [(START + 100, 20), (START + 600, 30)], (30, (NOW - START - 100) / 60)),
+    ("exactly at now", [(NOW, 45)], (5, 0.0)),
+    ("after now", [(NOW + 60, 60)], (0, 0.0)),
+    ("after now, with one inside", [(START + 600, 30), (NOW + 60, 60)], (20, (NOW - START - 600) / 60)),
+]
+
+
+@pytest.mark.parametrize(("samples", "expected"), [c[1:] for c in VELOCITY_EDGES], ids=[c[0] for c in VELOCITY_EDGES])
+def test_velocity_gain_window_edges(samples: list[tuple[float, int]], expected: tuple[int, float]) -> None:
+    """The window is (start, now]; a sample in [start - gap, start] stands for its start, the latest such first."""
+    assert velocity_gain(samples, NOW, 50, 20, gap=GAP) == expected
+
+
 async def test_velocity_ignores_gains_from_before_a_long_stop(
     hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
 ) -> None:
@@ -146,6 +177,33 @@ async def test_include_and_exclude_patterns_and_min_score(
     assert smtp.subjects() == ["[HN] Rust 2.0 released — 120 comments"]
     assert (report.filtered, report.fetches_saved) == (3, 360)
     assert hn.item_requests == 4 + 120  # four story items, and only story 1's comments
+
+
+def story(story_id: int = 1, title: str = "T", score: int = 100, comments: int = 120) -> Story:
+    return Story(story_id, title, "author", score, "https://example.com/", comments)
+
+
+def test_min_score_is_inclusive() -> None:
+    """ALERTS_MIN_SCORE=MIN: a story scoring exactly MIN may alert, MIN - 1 may not (and says why)."""
+    rules = Rules(tiers=(100,), min_score=10)
+    assert rules.filtered_out(story(score=10)) is None
+    assert rules.filtered_out(story(score=11)) is None
+    assert rules.filtered_out(story(score=9)) == "score 9 < ALERTS_MIN_SCORE=10"
+    assert Rules(tiers=(100,)).filtered_out(story(score=0)) is None  # the default 0 lets every story through
+
+
+async def test_min_score_boundary_end_to_end(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
+) -> None:
+    """Through the API: with ALERTS_MIN_SCORE=10, the story scoring 10 alerts and the one scoring 9 is not walked."""
+    hn.add_story(1, trees.wide(1_000, 120), title="Exactly enough", score=10)
+    hn.add_story(2, trees.wide(2_000, 120), title="One short", score=9)
+    hn.set_list("topstories", [1, 2])
+    app = await app_factory(with_smtp(env, smtp, ALERTS_MIN_SCORE="10"))
+    report = await cycle(app)
+    assert smtp.subjects() == ["[HN] Exactly enough — 120 comments"]
+    assert (report.alerts, report.filtered) == (1, 1)
+    assert hn.item_requests == 2 + 120  # two story items, and only story 1's comments
 
 
 async def test_baseline_on_a_fresh_db_sends_nothing_then_only_new_tiers(
@@ -246,10 +304,59 @@ async def test_quiet_hours_wrap_midnight_and_end_in_one_digest_after_a_restart(
     assert (await morning.store.counts())["sent"] == 2
 
 
+def digests(env: dict[str, str]) -> list[tuple[int, str]]:
+    """Each stored digest, oldest first: (how many members, status)."""
+    with sqlite3.connect(env["ALERTS_STATE_DB"]) as conn:
+        rows = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM alerts WHERE alerts.digest = digests.id), status"
+            " FROM digests ORDER BY created_at, rowid"
+        ).fetchall()
+    conn.close()
+    return [(n, status) for n, status in rows]
+
+
+class RecordingSender:
+    """Keeps every mail it is handed; the first ``failures`` sends are answered 451."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.messages: list[EmailMessage] = []
+        self.failures = failures
+
+    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
+        self.messages.append(message)
+        if self.failures:
+            self.failures -= 1
+            raise DeliveryError("451 4.3.0 try later")
+        return SendResult(accepted=recipients)
+
+    def describe(self) -> str:
+        return "recording sender"
+
+    def mails(self) -> list[tuple[str, str]]:
+        return [(str(m["Subject"]), str(m["X-HN-Alerts-Story"])) for m in self.messages]
+
+
+def tier_alert(story_id: int) -> Alert:
+    return Alert(story(story_id, title=f"S{story_id}"), 100, 120)
+
+
+def held_flags(env: dict[str, str]) -> dict[int, tuple[int, int | None]]:
+    """Each alert's held flag and its digest's held flag (None: no digest)."""
+    with sqlite3.connect(env["ALERTS_STATE_DB"]) as conn:
+        rows = conn.execute(
+            "SELECT a.story_id, a.held, d.held FROM alerts a LEFT JOIN digests d ON d.id = a.digest"
+        ).fetchall()
+    conn.close()
+    return {story_id: (held, digest_held) for story_id, held, digest_held in rows}
+
+
+QUIET_BERLIN = {"ALERTS_QUIET_HOURS": "23:00-07:00", "ALERTS_TIMEZONE": "Europe/Berlin", "ALERTS_SEND_ATTEMPTS": "1"}
+
+
 async def test_digest_mode_once_sends_leftovers_and_new_alerts(
     hn: FakeHN, smtp: SmtpServer, env: dict[str, str], app_factory: Any
 ) -> None:
-    """With a digest of leftovers still sending, this cycle's alerts follow in a second digest before --once ends."""
+    """With a digest of leftovers still sending when the cycle ends, this cycle's alerts follow in a second digest."""
     hn.add_story(1, trees.wide(1_000, 120), title="Leftover")
     hn.set_list("topstories", [1])
     cfg = with_smtp(env, smtp, ALERTS_DIGEST="true")
@@ -257,14 +364,117 @@ async def test_digest_mode_once_sends_leftovers_and_new_alerts(
     first = await app_factory({**cfg, "ALERTS_SEND_ATTEMPTS": "1"})
     await cycle(first)
     await first.store.close()
-    assert smtp.received == []
+    assert smtp.received == [] and digests(env) == [(1, "pending")]
     hn.add_story(2, trees.wide(2_000, 130), title="Fresh")
     hn.set_list("topstories", [1, 2])
-    smtp.handler.data_delay = 0.3  # the leftover digest is still sending when the cycle ends
+    smtp.handler.data_started.clear()
+    smtp.handler.hold_reply = release = threading.Event()  # the server keeps each mail but holds its 250
     second = await app_factory(cfg)
-    assert await second.service.run_once() is True
-    assert sorted(smtp.subjects()) == ["[HN] 1 busy thread", "[HN] 1 busy thread"]
+    once = asyncio.create_task(second.service.run_once())
+    try:
+        # The leftover digest reaches DATA and stays there until the cycle has spawned its own digest.
+        await asyncio.wait_for(asyncio.to_thread(smtp.handler.data_started.wait, 10), 10)
+        async with asyncio.timeout(10):
+            while len(second.registry) < 2 and not once.done():
+                await asyncio.wait({once}, timeout=0.005)
+        assert not once.done(), "run_once ended while the leftover digest was still sending"
+        assert digests(env) == [(1, "pending"), (1, "pending")]
+    finally:
+        release.set()
+        delivered = await asyncio.wait_for(once, 10)
+    assert delivered is True
+    assert smtp.subjects() == ["[HN] 1 busy thread", "[HN] 1 busy thread"]
+    assert sorted(str(m.message["X-HN-Alerts-Story"]) for m in smtp.received) == ["1", "2"]
+    assert digests(env) == [(1, "sent"), (1, "sent")]
     assert await second.store.pending() == []
+    assert (await second.store.counts())["sent"] == 2
+
+
+@pytest.mark.parametrize("digest_mode", ["false", "true"])
+async def test_a_digest_of_held_alerts_is_labelled_held(
+    digest_mode: str, env: dict[str, str], app_factory: Any
+) -> None:
+    """Alerts held by quiet hours leave in one digest whose subject ends "(held during quiet hours)"."""
+    clock = Clock(datetime(2026, 6, 10, 23, 30, tzinfo=BERLIN))
+    sender = RecordingSender()
+    app = await app_factory({**env, **QUIET_BERLIN, "ALERTS_DIGEST": digest_mode}, sender=sender, clock=clock)
+    assert await app.outbox.queue(tier_alert(1)) == "held"
+    clock.set(datetime(2026, 6, 11, 6, 59, 59, tzinfo=BERLIN))
+    assert await app.outbox.queue(tier_alert(2)) == "held"
+    assert await app.outbox.dispatch() == 0
+    clock.set(datetime(2026, 6, 11, 7, 0, tzinfo=BERLIN))
+    assert await app.outbox.dispatch() == 1
+    await app.registry.join()
+    assert sender.mails() == [("[HN] 2 busy threads (held during quiet hours)", "1,2")]
+    assert held_flags(env) == {1: (1, 1), 2: (1, 1)}
+
+
+async def test_a_digest_of_fresh_alerts_is_not_labelled_held(env: dict[str, str], app_factory: Any) -> None:
+    """ALERTS_DIGEST outside quiet hours: the digest of the cycle's alerts carries no "held" label."""
+    clock = Clock(datetime(2026, 6, 11, 7, 0, tzinfo=BERLIN))
+    sender = RecordingSender()
+    app = await app_factory({**env, **QUIET_BERLIN, "ALERTS_DIGEST": "true"}, sender=sender, clock=clock)
+    assert await app.outbox.queue(tier_alert(1)) == "queued"
+    assert await app.outbox.queue(tier_alert(2)) == "queued"
+    assert sender.messages == []  # digest mode: queued alerts wait for the dispatch
+    assert await app.outbox.dispatch() == 1
+    await app.registry.join()
+    assert sender.mails() == [("[HN] 2 busy threads", "1,2")]
+    assert held_flags(env) == {1: (0, 0), 2: (0, 0)}
+
+
+async def test_a_digest_mixing_held_and_fresh_alerts_is_labelled_held(env: dict[str, str], app_factory: Any) -> None:
+    """ALERTS_DIGEST: one alert held at 06:59:59 and one fresh at 07:00 share one digest, labelled held."""
+    clock = Clock(datetime(2026, 6, 11, 6, 59, 59, tzinfo=BERLIN))
+    sender = RecordingSender()
+    app = await app_factory({**env, **QUIET_BERLIN, "ALERTS_DIGEST": "true"}, sender=sender, clock=clock)
+    assert await app.outbox.queue(tier_alert(1)) == "held"
+    clock.set(datetime(2026, 6, 11, 7, 0, tzinfo=BERLIN))  # e.g. a cycle that began in the quiet hours
+    assert await app.outbox.queue(tier_alert(2)) == "queued"
+    assert await app.outbox.dispatch() == 1
+    await app.registry.join()
+    # Pinned as it is: `held = any(...)` in Outbox._form_digest, so the fresh alert rides under the held label.
+    assert sender.mails() == [("[HN] 2 busy threads (held during quiet hours)", "1,2")]
+    assert held_flags(env) == {1: (1, 1), 2: (0, 1)}
+
+
+async def test_without_digest_mode_held_alerts_leave_in_a_digest_and_fresh_ones_alone(
+    env: dict[str, str], app_factory: Any
+) -> None:
+    """No ALERTS_DIGEST: after quiet hours the held alert goes in a held digest; one due at 07:00 goes alone."""
+    clock = Clock(datetime(2026, 6, 11, 6, 59, 59, tzinfo=BERLIN))
+    sender = RecordingSender()
+    app = await app_factory({**env, **QUIET_BERLIN}, sender=sender, clock=clock)
+    assert await app.outbox.queue(tier_alert(1)) == "held"
+    clock.set(datetime(2026, 6, 11, 7, 0, tzinfo=BERLIN))
+    assert await app.outbox.queue(tier_alert(2)) == "queued"  # sent at once, on its own
+    await app.registry.join()
+    assert await app.outbox.dispatch() == 1
+    await app.registry.join()
+    assert sender.mails() == [("[HN] S2 — 120 comments", "2"), ("[HN] 1 busy thread (held during quiet hours)", "1")]
+    assert held_flags(env) == {1: (1, 1), 2: (0, None)}
+
+
+async def test_a_held_digest_resent_keeps_its_label_and_members(env: dict[str, str], app_factory: Any) -> None:
+    """A held digest refused once is resent as formed (label, members, Message-ID); a later alert gets its own."""
+    clock = Clock(datetime(2026, 6, 10, 23, 30, tzinfo=BERLIN))
+    sender = RecordingSender(failures=1)
+    app = await app_factory({**env, **QUIET_BERLIN, "ALERTS_DIGEST": "true"}, sender=sender, clock=clock)
+    assert await app.outbox.queue(tier_alert(1)) == "held"
+    clock.set(datetime(2026, 6, 11, 7, 0, tzinfo=BERLIN))
+    assert await app.outbox.dispatch() == 1
+    await app.registry.join()  # refused with 451: the digest stays pending, as formed
+    assert await app.outbox.queue(tier_alert(2)) == "queued"
+    clock.advance(1)
+    assert await app.outbox.dispatch() == 2
+    await app.registry.join()
+    first = sender.messages[0]
+    [resent] = [m for m in sender.messages[1:] if m["X-HN-Alerts-Story"] == "1"]
+    [fresh] = [m for m in sender.messages[1:] if m["X-HN-Alerts-Story"] == "2"]
+    held = ("[HN] 1 busy thread (held during quiet hours)", "1")
+    assert sorted(sender.mails()) == [("[HN] 1 busy thread", "2"), held, held]
+    assert resent["Message-ID"] == first["Message-ID"] != fresh["Message-ID"]
+    assert await app.store.pending() == []
 
 
 async def test_alerts_waiting_when_quiet_hours_begin_join_the_digest(
@@ -309,13 +519,71 @@ async def test_quiet_hours_across_the_spring_dst_change(
     assert smtp.subjects() == ["[HN] 1 busy thread (held during quiet hours)"]
 
 
-def test_quiet_hours_membership() -> None:
-    """A span that wraps midnight holds late evening and early morning; the end is exclusive."""
-    span = (time(23, 0), time(7, 0))
-    assert in_quiet_hours(span, time(23, 30)) and in_quiet_hours(span, time(6, 59))
-    assert not in_quiet_hours(span, time(7, 0)) and not in_quiet_hours(span, time(12, 0))
-    day = (time(9, 0), time(17, 0))
-    assert in_quiet_hours(day, time(9, 0)) and not in_quiet_hours(day, time(17, 0))
+DAY = (time(9, 0), time(17, 0))
+NIGHT = (time(23, 0), time(7, 0))
+QUIET_EDGES = [
+    (DAY, time(8, 59, 59), False),
+    (DAY, time(9, 0), True),
+    (DAY, time(9, 0, 1), True),
+    (DAY, time(16, 59, 59), True),
+    (DAY, time(16, 59, 59, 999_999), True),
+    (DAY, time(17, 0), False),
+    (DAY, time(0, 0), False),
+    (DAY, time(23, 59, 59), False),
+    (NIGHT, time(22, 59, 59), False),
+    (NIGHT, time(23, 0), True),
+    (NIGHT, time(23, 59, 59), True),
+    (NIGHT, time(0, 0), True),
+    (NIGHT, time(6, 59, 59), True),
+    (NIGHT, time(6, 59, 59, 999_999), True),
+    (NIGHT, time(7, 0), False),
+    (NIGHT, time(7, 0, 1), False),
+    (NIGHT, time(12, 0), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("span", "local", "quiet"),
+    QUIET_EDGES,
+    ids=[f"{a:%H%M}-{b:%H%M}@{t.isoformat()}" for (a, b), t, _ in QUIET_EDGES],
+)
+def test_quiet_hours_membership(span: tuple[time, time], local: time, quiet: bool) -> None:
+    """Quiet hours hold their start and not their end, to the second, for a plain span and one wrapping midnight."""
+    assert in_quiet_hours(span, local) is quiet
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+KOLKATA = ZoneInfo("Asia/Kolkata")
+ZONED_EDGES = [
+    # 23:00-07:00 in New York (EST, UTC-5 in January): read in UTC, 22:59:59 and 06:59:59 come out wrong.
+    (NEW_YORK, datetime(2026, 1, 15, 22, 59, 59), False),
+    (NEW_YORK, datetime(2026, 1, 15, 23, 0, 0), True),
+    (NEW_YORK, datetime(2026, 1, 16, 6, 59, 59), True),
+    (NEW_YORK, datetime(2026, 1, 16, 7, 0, 0), False),
+    # The same in summer (EDT, UTC-4).
+    (NEW_YORK, datetime(2026, 7, 15, 22, 59, 59), False),
+    (NEW_YORK, datetime(2026, 7, 15, 23, 0, 0), True),
+    (NEW_YORK, datetime(2026, 7, 16, 6, 59, 59), True),
+    (NEW_YORK, datetime(2026, 7, 16, 7, 0, 0), False),
+    # A half-hour offset (UTC+5:30): an hour-only conversion gets these wrong.
+    (KOLKATA, datetime(2026, 1, 15, 22, 59, 59), False),
+    (KOLKATA, datetime(2026, 1, 15, 23, 0, 0), True),
+    (KOLKATA, datetime(2026, 1, 16, 6, 59, 59), True),
+    (KOLKATA, datetime(2026, 1, 16, 7, 0, 0), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("zone", "local", "quiet"), ZONED_EDGES, ids=[f"{z.key}@{t.isoformat()}" for z, t, _ in ZONED_EDGES]
+)
+def test_quiet_hours_are_read_in_the_configured_zone(zone: ZoneInfo, local: datetime, quiet: bool) -> None:
+    """Rules.quiet(epoch) converts the epoch to ALERTS_TIMEZONE's wall time: start inclusive, end exclusive."""
+    epoch = local.replace(tzinfo=zone).timestamp()
+    rules = Rules(tiers=(100,), quiet_hours=NIGHT, zone=zone)
+    assert rules.quiet(epoch) is quiet
+    settings = load_settings({"ALERTS_QUIET_HOURS": "23:00-07:00", "ALERTS_TIMEZONE": zone.key}, env_file=None)
+    assert settings.rules.quiet(epoch) is quiet
+    assert Rules(tiers=(100,), zone=zone).quiet(epoch) is False  # no quiet hours set: never quiet
 
 
 def test_held_alert_is_not_a_failure_for_once(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import weakref
 
 import pytest
 
@@ -54,6 +55,7 @@ class VirtualTime:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        assert seconds > 0, f"slept {seconds} s"
         self.now += seconds
 
     async def tick(self) -> None:
@@ -61,41 +63,88 @@ class VirtualTime:
         self.now += self.durations[len(self.starts) - 1]
 
 
-async def test_cycles_start_at_a_fixed_rate() -> None:
-    """Cycle k starts at t0 + k x interval, however long each cycle took within its slot."""
-    vt = VirtualTime([0.1, 0.9, 0.5, 0.0, 0.7])
-    await fixed_rate(vt.tick, 1.0, clock=vt.clock, sleep=vt.sleep, ticks=5)
-    assert vt.starts == pytest.approx([100.0, 101.0, 102.0, 103.0, 104.0])
+def overrun_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "longer than ALERTS_POLL_INTERVAL" in r.getMessage()]
 
 
-async def test_overrunning_cycle_is_logged_and_the_next_starts_when_it_ends(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A cycle longer than the interval never overlaps the next, which starts at its end."""
-    vt = VirtualTime([0.2, 2.5, 0.2, 0.2])
+@pytest.mark.parametrize("interval", [0.25, 2.5])
+async def test_cycles_start_at_a_fixed_rate(interval: float, caplog: pytest.LogCaptureFixture) -> None:
+    """Cycle k starts at exactly t0 + k x interval, however long each cycle took within its slot."""
+    vt = VirtualTime([f * interval for f in (0.1, 0.9, 0.5, 0.0, 0.7, 0.3)])
     with caplog.at_level(logging.WARNING):
-        await fixed_rate(vt.tick, 1.0, clock=vt.clock, sleep=vt.sleep, ticks=4)
-    assert vt.starts == pytest.approx([100.0, 101.0, 103.5, 104.5])
-    assert "longer than ALERTS_POLL_INTERVAL" in caplog.text
+        await fixed_rate(vt.tick, interval, clock=vt.clock, sleep=vt.sleep, ticks=6)
+    assert vt.starts == pytest.approx([100.0 + k * interval for k in range(6)], rel=0, abs=1e-9)
+    assert overrun_warnings(caplog) == []
 
 
-async def test_registry_keeps_a_reference_until_done() -> None:
-    """A spawned task survives garbage collection while running and is forgotten when done."""
+@pytest.mark.parametrize("interval", [0.25, 2.5])
+async def test_a_cycle_that_fills_its_slot_exactly_is_not_an_overrun(
+    interval: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cycle ending exactly where the next slot starts is on time: no warning, the rate is kept."""
+    vt = VirtualTime([interval] * 4)
+    with caplog.at_level(logging.WARNING):
+        await fixed_rate(vt.tick, interval, clock=vt.clock, sleep=vt.sleep, ticks=4)
+    assert vt.starts == [100.0 + k * interval for k in range(4)]
+    assert overrun_warnings(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("interval", "durations", "starts"),
+    [
+        # 2.5 s: the 2nd cycle (102.5) takes 4 s, ends at 106.5 past its slot (105.0); the 3rd starts
+        # then, and the fixed rate goes on from there: 109.0, 111.5.
+        (2.5, [0.5, 4.0, 1.0, 0.3, 0.2], [100.0, 102.5, 106.5, 109.0, 111.5]),
+        # An overrun of several slots: the missed ones are not made up for.
+        (2.5, [7.9, 0.1, 0.1], [100.0, 107.9, 110.4]),
+        # 0.25 s: the 2nd cycle takes 0.6 s (ends 100.85 > 100.5).
+        (0.25, [0.05, 0.6, 0.1, 0.1, 0.1], [100.0, 100.25, 100.85, 101.1, 101.35]),
+    ],
+    ids=["2.5s", "2.5s-several-slots", "0.25s"],
+)
+async def test_overrunning_cycle_is_logged_and_the_next_starts_when_it_ends(
+    interval: float, durations: list[float], starts: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A late cycle never overlaps the next: that one starts when it ends, and the fixed rate continues from there."""
+    vt = VirtualTime(durations)
+    with caplog.at_level(logging.WARNING):
+        await fixed_rate(vt.tick, interval, clock=vt.clock, sleep=vt.sleep, ticks=len(durations))
+    assert vt.starts == pytest.approx(starts, rel=0, abs=1e-9)
+    [warning] = overrun_warnings(caplog)
+    assert f"cycle took {max(durations):.2f} s" in warning and f"ALERTS_POLL_INTERVAL={interval:g} s" in warning
+
+
+async def test_registry_keeps_a_reference_until_done(caplog: pytest.LogCaptureFixture) -> None:
+    """The registry's own reference is what keeps a running task from being garbage-collected."""
     registry = TaskRegistry()
-    gate = asyncio.Event()
+    results: list[str] = []
+    # Only a weak reference to the future the task waits on leaves the coroutine: holding the future
+    # itself would hold the task too (through the future's wake-up callback).
+    futures: list[weakref.ref[asyncio.Future[str]]] = []
 
-    async def job() -> str:
-        await gate.wait()
-        return "done"
+    async def job() -> None:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        futures.append(weakref.ref(future))
+        results.append(await future)
 
-    task = registry.spawn("a", job())
-    assert task is not None
-    del task
+    spawned = registry.spawn("a", job())
+    assert spawned is not None
+    task = weakref.ref(spawned)
+    del spawned
+    await asyncio.sleep(0)  # the task runs up to its await: the loop's ready queue no longer holds it
+    assert futures, "the task never started"
     gc.collect()
+    assert task() is not None, "the running task was garbage-collected: the registry does not own it"
     assert "a" in registry and len(registry) == 1
-    gate.set()
+    future = futures[0]()
+    assert future is not None
+    future.set_result("done")
+    del future
     await registry.join()
-    assert len(registry) == 0
+    assert results == ["done"] and len(registry) == 0
+    gc.collect()
+    assert task() is None, "the registry still holds the finished task"
+    assert "Task was destroyed" not in caplog.text
 
 
 async def test_registry_refuses_a_second_task_for_a_running_key() -> None:
