@@ -1,11 +1,9 @@
 """``python -m alerts``: the same as the ``alerts`` console script."""
 
-import sys
+from alerts.startup import catch_early_signals
 
-try:
-    from alerts.cli import main
-except KeyboardInterrupt:  # SIGINT while the interpreter was still importing: one line, no traceback
-    print("alerts: interrupted during start-up; nothing was sent", file=sys.stderr)
-    raise SystemExit(0) from None
+catch_early_signals()  # before the heavier imports: a signal during start-up is not lost
+
+from alerts.cli import main  # noqa: E402
 
 raise SystemExit(main())

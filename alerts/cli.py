@@ -15,10 +15,9 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
 
-from alerts import __version__
+from alerts import __version__, startup
 from alerts.errors import AlertsError, ConfigError, DeliveryError, FetchError
 
 if TYPE_CHECKING:
@@ -86,21 +85,14 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alerts`` console script; returns the exit code."""
-    # Until the event loop takes the signals over, SIGTERM stops start-up like SIGINT: one line, exit 0.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    startup.catch_early_signals()
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("alerts: interrupted during start-up; nothing was sent", file=sys.stderr)
+        print("alerts: interrupted", file=sys.stderr)
         return EXIT_OK
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -116,6 +108,11 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"alerts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level)
+    if args.command != "run":
+        if startup.received:
+            print("alerts: interrupted during start-up", file=sys.stderr)
+            return EXIT_OK
+        startup.restore_default_signals()  # the short commands stop at Ctrl-C as usual
     for name, closest in unknown_variables(os.environ, read_env_file(".env")):
         hint = f"; did you mean {closest}?" if closest else ""
         log.warning("%s is not a setting of this version, ignored (a typo?)%s", name, hint)
@@ -155,6 +152,8 @@ async def _run(settings: Settings, *, once: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _on_signal, sig, stop)
+    if startup.received:
+        stop.set()  # it came during start-up: stop as soon as we can (one line, below)
     try:
         return await _serve(settings, once=once, stop=stop)
     finally:

@@ -8,7 +8,8 @@ import pytest
 
 from alerts.config import load_settings
 from alerts.errors import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_cli, wait_for
+from tests.fakehn import FakeHN
 
 
 def test_defaults_match_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,6 +81,14 @@ BAD = [
     ("ALERTS_SHUTDOWN_TIMEOUT", "-1"),
     ("ALERTS_LOG_LEVEL", "LOUD"),
     ("ALERTS_TEMPLATES_DIR", "/nonexistent/templates"),
+    ("ALERTS_EMAIL_TO", "me@example.org\x07"),
+    ("ALERTS_EMAIL_TO", "me\x1b[31m@example.org"),
+    ("ALERTS_EMAIL_TO", "me@exa\tmple.org"),
+    ("ALERTS_EMAIL_TO", "me\x85@example.org"),
+    ("ALERTS_EMAIL_FROM", "alerts@example.org\x7f"),
+    ("ALERTS_SMTP_CA_FILE", "/nonexistent/ca.pem"),
+    ("ALERTS_TITLE_INCLUDE", "(a)\\1"),
+    ("ALERTS_TITLE_EXCLUDE", "(?<=x)y"),
 ]
 
 
@@ -129,3 +138,78 @@ def test_bad_setting_in_dotenv_exits_2(tmp_path: Path) -> None:
     result = run_cli(["run", "--once"], {}, tmp_path)
     assert result.returncode == 2
     assert "ALERTS_MAX_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_exported_variable_changes_no_explicit_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_settings(env) reads only ``env``: a variable exported in the shell does not leak in."""
+    monkeypatch.setenv("ALERTS_TOP_N", "5")
+    monkeypatch.setenv("ALERTS_DIGEST", "true")
+    s = load_settings({}, env_file=None)
+    assert (s.top_n, s.digest) == (30, False)
+    assert load_settings(None, env_file=None).top_n == 5  # the process environment, read only when asked
+
+
+def test_a_login_over_clear_text_is_refused_unless_loopback() -> None:
+    """ALERTS_SMTP_SECURITY=none with a login: exit-2 error for a remote host, allowed on loopback."""
+    login = {"ALERTS_SMTP_USERNAME": "u", "ALERTS_SMTP_PASSWORD": "p", "ALERTS_SMTP_SECURITY": "none"}
+    mail = {"ALERTS_EMAIL_FROM": "a@example.org", "ALERTS_EMAIL_TO": "b@example.org"}
+    with pytest.raises(ConfigError) as info:
+        load_settings({**login, **mail, "ALERTS_SMTP_HOST": "smtp.example.org"}, env_file=None)
+    assert info.value.name == "ALERTS_SMTP_SECURITY"
+    for host in ("127.0.0.1", "localhost", "::1", "127.5.5.5"):
+        assert load_settings({**login, **mail, "ALERTS_SMTP_HOST": host}, env_file=None).smtp_host == host
+    remote_tls = {**login, **mail, "ALERTS_SMTP_HOST": "smtp.example.org", "ALERTS_SMTP_SECURITY": "starttls"}
+    assert load_settings(remote_tls, env_file=None).smtp_security == "starttls"
+
+
+def test_typos_in_the_environment_and_in_dotenv_are_warned_with_the_closest_name(tmp_path: Path) -> None:
+    """An unknown ALERTS_* name, in the environment or in ./.env, is warned about with the nearest valid one."""
+    (tmp_path / ".env").write_text("ALERTS_COMENT_THRESHOLD=50\nALERTS_STATE_DB=state.sqlite3\n")
+    result = run_cli(["outbox"], {"ALERTS_SMTP_HOTS": "x", "ALERTS_ZZZ": "1"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ALERTS_COMENT_THRESHOLD is not a setting of this version" in result.stderr
+    assert "did you mean ALERTS_COMMENT_THRESHOLD?" in result.stderr
+    assert "ALERTS_SMTP_HOTS" in result.stderr and "did you mean ALERTS_SMTP_HOST?" in result.stderr
+    assert "ALERTS_ZZZ is not a setting" in result.stderr
+
+
+def test_a_backtracking_title_pattern_cannot_stall_the_service(hn: FakeHN, env: dict[str, str], tmp_path: Path) -> None:
+    """A pattern that backtracks for ever in Python's re runs in linear time on a long hostile title."""
+    from tests import trees
+
+    hn.add_story(1, trees.wide(1_000, 120), title="a" * 100_000 + "!")
+    hn.add_story(2, trees.wide(2_000, 120), title="a" * 30)
+    hn.set_list("topstories", [1, 2])
+    result = run_cli(["run", "--once"], {**env, "ALERTS_TITLE_INCLUDE": "^(a+)+$"}, tmp_path, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "outbox").glob("*.eml")) == ["2-tier-100.eml"]
+
+
+def catches_sigterm(pid: int) -> bool:
+    """True once the process has a handler for SIGTERM (the kernel's SigCgt mask, bit 15)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (15 - 1)))
+    return False
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.15, 0.3])
+def test_a_signal_during_start_up_exits_0_with_one_line(env: dict[str, str], tmp_path: Path, delay: float) -> None:
+    """SIGINT or SIGTERM at any moment of start-up (once Python runs our code): exit 0, no traceback."""
+    import signal
+    import subprocess
+    import time
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = start_cli(["run"], {**env, "ALERTS_POLL_INTERVAL": "3600"}, tmp_path)
+        pid = proc.pid
+        wait_for(lambda: catches_sigterm(pid), what="the interpreter to run our first line")  # noqa: B023
+        time.sleep(delay)  # a moment of start-up to interrupt; every moment must behave the same
+        proc.send_signal(sig)
+        try:
+            _out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert proc.returncode == 0, (sig, delay, err)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

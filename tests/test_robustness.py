@@ -191,4 +191,5 @@ def test_unknown_alerts_variable_is_warned_about(hn: FakeHN, env: dict[str, str]
     hn.set_list("topstories", [])
     result = run_cli(["run", "--once"], {**env, "ALERTS_TOPN": "5"}, tmp_path)
     assert result.returncode == 0
-    assert "ALERTS_TOPN is not a setting of this version, ignored (a typo?); did you mean ALERTS_TOP_N?" in result.stderr
+    assert "ALERTS_TOPN is not a setting of this version, ignored (a typo?)" in result.stderr
+    assert "did you mean ALERTS_TOP_N?" in result.stderr
