@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import email
+import email.policy
 import signal
 import sqlite3
 import threading
@@ -247,3 +249,27 @@ def test_state_db_locked_by_another_process_loses_nothing(hn: FakeHN, env: dict[
     after = run_cli(["run", "--once"], env, tmp_path)
     assert after.returncode == 0, after.stderr
     assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["1-tier-100.eml"]
+
+
+def test_huge_ids_and_deep_json_never_stop_a_cycle(hn: FakeHN, env: dict[str, str], tmp_path: Path) -> None:
+    """Ids and counts past 2^63, JSON nested 100,000 deep and a lone surrogate: the other stories still alert."""
+    hn.add_story(1, trees.wide(1_000, 120), title="Fine \ud800 with a lone surrogate")
+    hn.add_story(2, trees.wide(2_000, 130), title="Huge count", descendants=2**64)
+    hn.add_story(3, trees.wide(3_000, 140), title="Deep kid")
+    with hn.lock:  # a comment whose kid id is past 2^63: that comment is malformed, counts nothing
+        hn.items[3001] = {**hn.items[3001], "kids": [2**70]}  # type: ignore[dict-item]
+    hn.set_list("topstories", [1, 2, 3])
+    hn.set_list("showstories", [1, 2**64])  # an id past 2^53 makes a list malformed: it is skipped
+    hn.answer("/v0/askstories.json", b"[" * 100_000 + b"]" * 100_000, times=100)
+    hn.answer("/v0/item/3000.json", b'{"id": 3000, "kids": ' + b"[" * 200 + b"]" * 200 + b"}", times=100)
+    cfg = {**env, "ALERTS_STORY_LISTS": "topstories,askstories,showstories", "ALERTS_DIGEST": "true"}
+    result = run_cli(["run", "--once"], cfg, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+    assert "list askstories not read" in result.stderr and "list showstories not read" in result.stderr
+    [digest] = list((tmp_path / "outbox").iterdir())
+    message = email.message_from_bytes(digest.read_bytes(), policy=email.policy.default)
+    assert message["X-HN-Alerts-Story"] == "1,3"  # story 2's count past 2^63 makes its item malformed
+    assert "138 comments" in str(message)  # story 3: 140 less the deep one and the one with a huge kid
+    body = message.get_body(("plain",))
+    assert body is not None and "Fine \ufffd with a lone surrogate" in body.get_content()
