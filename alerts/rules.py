@@ -65,11 +65,40 @@ def due_tier(count: int, tiers: Sequence[int], alerted: int | None) -> int | Non
     return top
 
 
-def needs_walk(descendants: object, last_descendants: int | None) -> bool:
-    """False when ``descendants`` has not changed since the story's last complete walk."""
-    if last_descendants is None or not isinstance(descendants, int):
+#: A changed story is walked once its ``descendants`` is within this fraction below its next tier.
+WALK_MARGIN = 0.9
+
+
+def next_tier(tiers: Sequence[int], alerted: int | None) -> int | None:
+    """The lowest tier above ``alerted`` (the first when none was), or ``None`` when all are behind."""
+    return next((t for t in tiers if alerted is None or t > alerted), None)
+
+
+def needs_walk(
+    descendants: int | None,
+    last_descendants: int | None,
+    tiers: Sequence[int] = (),
+    alerted: int | None = None,
+    *,
+    counts_needed: bool = True,
+) -> bool:
+    """Whether a story's tree must be walked this cycle.
+
+    Not when ``descendants`` is what it was at the last complete walk (that
+    count stands). Otherwise only when the count is needed anyway
+    (``counts_needed``: a velocity rule, say), or when ``descendants`` could
+    have reached the story's next tier: within 10% below it, as HN's figure
+    may lag or include comments the walk does not count. ``descendants``
+    unknown always walks.
+    """
+    if descendants is None:
         return True
-    return descendants != last_descendants
+    if last_descendants is not None and descendants == last_descendants:
+        return False
+    if counts_needed:
+        return True
+    upcoming = next_tier(tiers, alerted)
+    return upcoming is not None and descendants >= upcoming * WALK_MARGIN
 
 
 def velocity_gain(

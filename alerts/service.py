@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: After failed cycles in a row, cycles are skipped until at most this many seconds apart.
 MAX_CYCLE_GAP = 600.0
+#: The item types a story list holds that can alert; jobs and comments never do.
+STORY_TYPES = ("story", "poll")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class CycleReport:
     filtered: int = 0
     fetches_saved: int = 0
     baseline: int = 0
+    gated: int = 0
     incomplete: list[int] = field(default_factory=list)
     errors: list[int] = field(default_factory=list)
     counts: list[tuple[int, int]] = field(default_factory=list)
@@ -122,6 +125,7 @@ class Service:
                 group.create_task(self._check(story_id, known, report))
         if self._rules.velocity:
             await self._store.record_counts(report.counts, self._rules.velocity[1] * 60 + self._sample_gap)
+        await self._store.note_watching()
         if known.baseline:
             await self._store.set_baseline_state("done")
             self._baseline = False
@@ -197,9 +201,12 @@ class Service:
         item = await self._hn.item(story_id)
         if item is None or item.get("deleted") or item.get("dead"):
             return
+        if item.get("type") not in STORY_TYPES:
+            log.debug("item %d in a story list is a %s, not a story: never alerts", story_id, item.get("type"))
+            return
         story = Story.from_item(story_id, item)
         last = known.last.get(story_id)
-        steady = last is not None and not needs_walk(story.descendants, last.descendants)
+        steady = last is not None and story.descendants == last.descendants
         reason = self._rules.filtered_out(story)
         if reason is not None:
             # Nothing else needs this story's count: skip its walk.
@@ -208,10 +215,21 @@ class Service:
                 report.fetches_saved += story.descendants or 0
             log.debug("story %d filtered out: %s", story_id, reason)
             return
+        wanted = bool(self._rules.velocity) and story_id not in known.heated
+        owed = known.baseline or story_id in known.owed
         if last is not None and steady:
             count, complete = last.comments, True
-        else:
+        elif needs_walk(
+            story.descendants,
+            last.descendants if last else None,
+            self._rules.tiers,
+            None if owed else known.alerted.get(story_id),
+            counts_needed=wanted,
+        ):
             count, complete = await self._walk(story, item, report)
+        else:
+            report.gated += 1  # far below its next tier: its descendants stands for its count
+            return
         if complete:  # a partial count would fake a jump in the velocity history
             report.counts.append((story_id, count))
         baseline = known.baseline or story_id in known.owed

@@ -149,13 +149,25 @@ class Store:
         """How many alerts are pending, held, sent, failed, dropped and baseline."""
         return await self.run(ledger.counts)
 
+    async def note_watching(self) -> None:
+        """Record that the service has looked at HN with this DB (once; the first time is kept)."""
+        await self.run(self._note_watching, self._clock())
+
+    @staticmethod
+    def _note_watching(conn: sqlite3.Connection, now: float) -> None:
+        with conn:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('watching_since', ?)", (repr(now),))
+
     async def is_empty(self) -> bool:
-        """True when the DB has recorded no alert and no walk yet (a first start)."""
+        """True when the service has never watched HN with this DB: no alert, no walk, no cycle (a first start)."""
         return await self.run(self._is_empty)
 
     @staticmethod
     def _is_empty(conn: sqlite3.Connection) -> bool:
-        row = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM alerts) AND NOT EXISTS (SELECT 1 FROM walks)").fetchone()
+        row = conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM alerts) AND NOT EXISTS (SELECT 1 FROM walks)"
+            " AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'watching_since')"
+        ).fetchone()
         return bool(row[0])
 
     async def velocity_alerted(self, story_ids: Iterable[int]) -> set[int]:

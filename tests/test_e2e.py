@@ -62,3 +62,31 @@ def test_without_smtp_mails_become_eml_files(hn: FakeHN, env: dict[str, str], tm
     assert "260 comments" in text
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM alerts WHERE status = 'sent'").fetchone() == (3,)
+
+
+def test_a_cycle_costs_one_request_per_story_far_from_its_next_tier(
+    hn: FakeHN, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Growing stories far below their next tier, or past every tier, are not walked: one request each per cycle."""
+    hn.add_story(1, trees.wide(1_000, 40), title="Far below")
+    hn.add_story(2, trees.wide(2_000, 95), title="Near")
+    hn.add_story(3, trees.wide(3_000, 150), title="Past its only tier")
+    hn.add_story(4, trees.wide(4_000, 120), title="A job", descendants=120)
+    with hn.lock:
+        hn.items[4] = {**hn.items[4], "type": "job"}  # type: ignore[dict-item]
+    hn.set_list("topstories", [1, 2, 3, 4])
+    first = run_cli(["run", "--once"], env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == ["3-tier-100.eml"]  # a job never alerts
+    for story_id in (1, 2, 3):  # every story grows by one comment
+        with hn.lock:
+            story = hn.items[story_id]
+            assert story is not None
+            hn.items[story_id] = {**story, "descendants": story["descendants"] + 1}
+    hn.reset_stats()
+    second = run_cli(["run", "--once"], env, tmp_path)
+    assert second.returncode == 0, second.stderr
+    item_requests = {p: n for p, n in hn.requests.items() if p.startswith("/v0/item/")}
+    assert item_requests == {f"/v0/item/{i}.json": 1 for i in (1, 2, 3, 4)} | {
+        f"/v0/item/{i}.json": 1 for i in range(2_000, 2_095)
+    }  # only story 2, within 10% of its tier, is walked again

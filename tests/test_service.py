@@ -125,7 +125,7 @@ def test_sigterm_past_the_timeout_cancels_and_the_next_start_sends(
 def test_sigterm_during_a_cycle_cancels_the_walks_at_once(env: dict[str, str], tmp_path: Path) -> None:
     """A signal while a walk waits on a slow API stops the process without waiting for the walk."""
     with FakeHN() as slow:
-        slow.add_story(1, trees.wide(1_000, 50))
+        slow.add_story(1, trees.wide(1_000, 95))  # near its tier: walked
         slow.set_list("topstories", [1])
         slow.set_delay("/v0/item/1000.json", 60)
         proc = start_cli(["run"], {**env, "ALERTS_HN_API_URL": slow.url, "ALERTS_FETCH_TIMEOUT": "120"}, tmp_path)

@@ -36,11 +36,35 @@ def test_due_tier(count: int, alerted: int | None, due: int | None) -> None:
 
 
 def test_needs_walk_only_when_descendants_changed() -> None:
-    """An unchanged descendants count skips the walk; a change or no record walks."""
+    """An unchanged descendants count skips the walk; a change or no record walks when counts are needed."""
     assert not needs_walk(10, 10)
     assert needs_walk(11, 10)
     assert needs_walk(10, None)
     assert needs_walk(None, 10)
+
+
+@pytest.mark.parametrize(
+    ("descendants", "last", "alerted", "counts_needed", "walk"),
+    [
+        (89, None, None, False, False),  # never walked, below 90% of the first tier (100)
+        (90, None, None, False, True),  # exactly 90%: could have reached it
+        (89, 80, None, False, False),  # changed, still below
+        (90, 80, None, False, True),
+        (90, 90, None, False, False),  # unchanged: the last count stands
+        (224, 100, 100, False, False),  # next tier 250: 90% is 225
+        (225, 100, 100, False, True),
+        (5_000, 4_000, 1_000, False, False),  # every tier behind it
+        (5_000, 4_000, 1_000, True, True),  # unless a rule needs its count (velocity)
+        (10, 9, None, True, True),
+        (None, 10, 1_000, False, True),  # descendants unknown: always walk
+    ],
+)
+def test_a_changed_story_is_walked_only_near_its_next_tier(
+    descendants: int | None, last: int | None, alerted: int | None, counts_needed: bool, walk: bool
+) -> None:
+    """Poll source: a changed story is walked only within 10% below its next tier, or when its count is needed."""
+    tiers = (100, 250, 1_000)
+    assert needs_walk(descendants, last, tiers, alerted, counts_needed=counts_needed) is walk
 
 
 class VirtualTime:
