@@ -109,11 +109,24 @@ def entries(conn: sqlite3.Connection, statuses: Sequence[str]) -> list[Entry]:
     return [_entry(r) for r in conn.execute(sql, list(statuses))]
 
 
+#: Alerts some recipient already answered as a single mail: they stay that mail, so those
+#: recipients are never sent them again in a digest.
+_STARTED = (
+    "EXISTS (SELECT 1 FROM recipients WHERE recipients.mail ="
+    " 'alert:' || alerts.story_id || ':' || alerts.kind || ':' || alerts.tier)"
+)
+
+
 def hold(conn: sqlite3.Connection, busy: Iterable[Key]) -> int:
-    """Hold every pending single alert not being sent right now, for the digest after quiet hours."""
+    """Hold every pending single alert not being sent right now, for the digest after quiet hours.
+
+    One already delivered to some of its recipients is not held: it stays its
+    own mail, so only the recipients still owed get it, after the quiet hours.
+    """
     skip = set(busy)
     rows = conn.execute(
         "SELECT story_id, kind, tier FROM alerts WHERE status = 'pending' AND held = 0 AND digest IS NULL"
+        f" AND NOT {_STARTED}"
     ).fetchall()
     keys = [tuple(r) for r in rows if tuple(r) not in skip]
     with conn:
@@ -122,9 +135,12 @@ def hold(conn: sqlite3.Connection, busy: Iterable[Key]) -> int:
 
 
 def unassigned(conn: sqlite3.Connection, held_only: bool) -> list[Entry]:
-    """Pending alerts no digest carries yet (only the held ones with ``held_only``), oldest first."""
+    """Pending alerts no digest carries yet (only the held ones with ``held_only``), oldest first.
+
+    Alerts some recipient already answered as single mails are left out: they stay their own mail.
+    """
     extra = " AND held = 1" if held_only else ""
-    sql = f"SELECT {_COLUMNS} FROM alerts WHERE status = 'pending' AND digest IS NULL{extra}"
+    sql = f"SELECT {_COLUMNS} FROM alerts WHERE status = 'pending' AND digest IS NULL AND NOT {_STARTED}{extra}"
     return [_entry(r) for r in conn.execute(sql + " ORDER BY created_at, story_id, kind, tier")]
 
 
@@ -199,18 +215,23 @@ def record_recipients(
 
 
 def finish(conn: sqlite3.Connection, mail: str, status: str, note: str | None, now: float) -> None:
-    """Mark a mail ``sent`` or ``failed``; a digest and all its pending members together."""
+    """Mark a mail ``sent`` or ``failed``; a digest and all its pending members together.
+
+    ``sent`` also overrides ``dropped``: an alert dropped while its send was
+    already running did go out, and the record says what happened.
+    """
     digest_id, where, args = _members(mail)
+    before = "('pending', 'dropped')" if status == "sent" else "('pending')"
     with conn:
         if digest_id is not None:
             conn.execute(
                 "UPDATE digests SET status = ?, last_error = COALESCE(?, last_error), done_at = ?,"
-                " attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+                f" attempts = attempts + 1 WHERE id = ? AND status IN {before}",
                 (status, note, now, digest_id),
             )
         conn.execute(
             "UPDATE alerts SET status = ?, last_error = COALESCE(?, last_error), done_at = ?,"
-            f" attempts = attempts + 1 WHERE {where} AND status = 'pending'",
+            f" attempts = attempts + 1 WHERE {where} AND status IN {before}",
             (status, note, now, *args),
         )
 
@@ -263,7 +284,14 @@ def retry(conn: sqlite3.Connection, keys: Sequence[Key]) -> list[Key]:
             if row is None or row[0] not in ("pending", "failed"):
                 continue
             if row[0] == "failed":
-                conn.execute("DELETE FROM recipients WHERE mail = ? AND outcome = 'refused'", (alert_mail(key),))
+                mail = alert_mail(key)
+                if row[1] is not None:  # leaving its digest: who accepted that digest has this alert
+                    conn.execute(
+                        "INSERT OR IGNORE INTO recipients (mail, address, outcome, reply, at) SELECT ?,"
+                        " address, outcome, reply, at FROM recipients WHERE mail = ? AND outcome = 'accepted'",
+                        (mail, digest_mail(row[1])),
+                    )
+                conn.execute("DELETE FROM recipients WHERE mail = ? AND outcome = 'refused'", (mail,))
                 conn.execute(
                     "UPDATE alerts SET status = 'pending', done_at = NULL, next_try = 0, digest = NULL,"
                     " held = 0 WHERE story_id = ? AND kind = ? AND tier = ?",
@@ -305,14 +333,23 @@ def failed_keys(conn: sqlite3.Connection) -> list[Key]:
     return [(r[0], r[1], r[2]) for r in conn.execute("SELECT story_id, kind, tier FROM alerts WHERE status = 'failed'")]
 
 
-def undelivered(conn: sqlite3.Connection, since: float) -> int:
-    """Alerts still owed a mail (pending and not waiting for quiet hours) or refused for good since ``since``."""
+def undelivered(conn: sqlite3.Connection, since: float, quiet: bool) -> int:
+    """Alerts not delivered: still owed a mail, refused for good since ``since``, or refused by a recipient since.
+
+    While ``quiet`` (quiet hours), what waits for them is held, not undelivered:
+    held singles and every pending digest. Otherwise a held single is only
+    waiting for its digest to form.
+    """
+    waiting = "held = 0 AND digest IS NULL" if quiet else "held = 0 OR digest IS NOT NULL"
     row = conn.execute(
-        "SELECT COUNT(*) FROM alerts WHERE (status = 'pending' AND (held = 0 OR digest IS NOT NULL))"
+        f"SELECT COUNT(*) FROM alerts WHERE (status = 'pending' AND ({waiting}))"
         " OR (status = 'failed' AND done_at >= ?)",
         (since,),
     ).fetchone()
-    return int(row[0])
+    refused = conn.execute(
+        "SELECT COUNT(DISTINCT mail) FROM recipients WHERE outcome = 'refused' AND at >= ?", (since,)
+    ).fetchone()
+    return int(row[0]) + int(refused[0])
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -353,7 +353,7 @@ class Service:
         await self._registry.drain(self._settings.shutdown_timeout)
 
     async def _all_delivered(self, since: float) -> bool:
-        undelivered = await self._store.run(ledger.undelivered, since)
+        undelivered = await self._store.run(ledger.undelivered, since, self._outbox.quiet())
         if undelivered:
             log.warning("%d alert(s) not delivered; the ones not refused for good are kept in the outbox", undelivered)
         return undelivered == 0
