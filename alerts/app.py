@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
+
 from alerts.config import Settings
 from alerts.delivery import FileSender, Sender, SmtpSender, smtp_tls_context
-from alerts.hn import HNClient
+from alerts.hn import HNClient, RetryPolicy
 from alerts.http import make_transport
 from alerts.mail import Renderer
 from alerts.outbox import Outbox
+from alerts.rules import Rules
 from alerts.service import Service
 from alerts.store import Store
 from alerts.tasks import TaskRegistry
@@ -41,6 +44,34 @@ def make_sender(settings: Settings) -> Sender:
     return FileSender(settings.outbox_dir)
 
 
+def make_hn_client(settings: Settings, transport: httpx.AsyncBaseTransport) -> HNClient:
+    """The HN client with the settings' API URL, concurrency bound, timeout and retry policy."""
+    return HNClient(
+        transport,
+        settings.hn_api_url,
+        max_concurrency=settings.max_concurrency,
+        request_timeout=settings.fetch_timeout,
+        retry=RetryPolicy(
+            attempts=settings.fetch_attempts,
+            backoff=settings.fetch_backoff,
+            deadline=max(60.0, settings.fetch_attempts * (settings.fetch_timeout + 30.0)),
+        ),
+    )
+
+
+def make_rules(settings: Settings) -> Rules:
+    """The alerting rules, from the values the settings parsed."""
+    return Rules(
+        tiers=settings.comment_threshold,
+        min_score=settings.min_score,
+        include=settings.title_include,
+        exclude=settings.title_exclude,
+        velocity=settings.velocity,
+        quiet_hours=settings.quiet_hours,
+        zone=settings.timezone,
+    )
+
+
 @dataclass
 class App:
     """Everything ``alerts run`` needs, open and ready."""
@@ -65,11 +96,11 @@ async def open_app(
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
     async with make_transport(settings.max_concurrency) as transport:
-        hn = HNClient.from_settings(settings, transport)
+        hn = make_hn_client(settings, transport)
         store = await Store.open(settings.state_db, clock=clock)
         try:
             registry = TaskRegistry()
-            rules = settings.rules
+            rules = make_rules(settings)
             outbox = Outbox(
                 store,
                 renderer,
@@ -82,7 +113,7 @@ async def open_app(
                 attempts=settings.send_attempts,
                 backoff=settings.send_backoff,
             )
-            service = Service(settings, hn, store, outbox, registry, clock=clock)
+            service = Service(settings, rules, hn, store, outbox, registry, clock=clock)
             yield App(settings, hn, store, sender, registry, outbox, service)
         finally:
             await store.close()

@@ -193,13 +193,13 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 
 
 async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
-    from alerts.hn import HNClient
+    from alerts.app import make_hn_client
     from alerts.http import make_transport
     from alerts.walk import walk_kids
 
     started = time.perf_counter()
     async with make_transport(settings.max_concurrency) as transport:
-        hn = HNClient.from_settings(settings, transport)
+        hn = make_hn_client(settings, transport)
         try:
             root = await hn.item(item_id)
         except FetchError as exc:

@@ -1,4 +1,4 @@
-"""Settings: every ALERTS_* variable, read once at the edge and passed in.
+"""Settings: every ALERTS_* variable, read once at the edge into typed values and passed in.
 
 :func:`load_settings` is the one place that reads the environment (and
 ``./.env``), and it is given both explicitly, so a variable exported in the
@@ -19,16 +19,15 @@ from datetime import time
 from email.utils import parseaddr
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from pydantic import Field, SecretStr, ValidationError, field_validator
+import re2
+from pydantic import Field, SecretStr, SkipValidation, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.errors import ConfigError
-from alerts.patterns import compile_title_pattern
-from alerts.rules import Rules
 
 PREFIX = "ALERTS_"
 STORY_LISTS = ("topstories", "newstories", "beststories", "askstories", "showstories")
@@ -43,6 +42,29 @@ TEMPLATE_NAMES = (
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.?[^@\s<>\"',;]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TitlePattern(Protocol):
+    """A compiled pattern: ``search`` finds it anywhere in a title."""
+
+    def search(self, text: str) -> object | None:
+        """A match object, or ``None``."""
+        ...
+
+
+def compile_title_pattern(pattern: str) -> TitlePattern:
+    """Compile ``pattern`` case-insensitively with RE2; ``ValueError`` with RE2's reason if it cannot."""
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False  # RE2 would print its own line on stderr; ours names the variable
+    try:
+        compiled: TitlePattern = re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(
+            f"not a pattern RE2 accepts (linear-time syntax, no backreferences or lookaround): {reason}"
+        ) from None
+    return compiled
 
 
 def parse_velocity(value: str) -> tuple[int, int]:
@@ -139,20 +161,20 @@ class Settings(BaseSettings):
 
     # Rules beyond one threshold (all off by default).
     min_score: int = Field(0, ge=0)
-    title_include: str | None = None
-    title_exclude: str | None = None
-    velocity: str | None = None
+    # Parsed once here into what the rules use: RE2 patterns (linear time: no pattern can stall the
+    # service), (comments, minutes), (start, end) local times, and the zone.
+    title_include: Annotated[TitlePattern | None, SkipValidation] = None
+    title_exclude: Annotated[TitlePattern | None, SkipValidation] = None
+    velocity: Annotated[tuple[int, int] | None, SkipValidation] = None
     baseline: bool = False
     digest: bool = False
-    quiet_hours: str | None = None
-    timezone: str = "UTC"
+    quiet_hours: Annotated[tuple[time, time] | None, SkipValidation] = None
+    timezone: Annotated[ZoneInfo, SkipValidation] = ZoneInfo("UTC")
 
-    @field_validator("title_include", "title_exclude")
+    @field_validator("title_include", "title_exclude", mode="before")
     @classmethod
-    def _pattern(cls, value: str | None) -> str | None:
-        if value is not None:
-            compile_title_pattern(value)
-        return value
+    def _pattern(cls, value: Any) -> Any:
+        return compile_title_pattern(value) if isinstance(value, str) else value
 
     @field_validator("smtp_ca_file")
     @classmethod
@@ -165,28 +187,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"cannot load certificate authorities from {value}: {reason}") from None
         return value
 
-    @field_validator("velocity")
+    @field_validator("velocity", mode="before")
     @classmethod
-    def _velocity(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_velocity(value)
-        return value
+    def _velocity(cls, value: Any) -> Any:
+        return parse_velocity(value) if isinstance(value, str) else value
 
-    @field_validator("quiet_hours")
+    @field_validator("quiet_hours", mode="before")
     @classmethod
-    def _quiet(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_quiet_hours(value)
-        return value
+    def _quiet(cls, value: Any) -> Any:
+        return parse_quiet_hours(value) if isinstance(value, str) else value
 
-    @field_validator("timezone")
+    @field_validator("timezone", mode="before")
     @classmethod
-    def _zone(cls, value: str) -> str:
+    def _zone(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
         try:
-            ZoneInfo(value)
+            return ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Berlin") from None
-        return value
 
     @field_validator("hn_api_url")
     @classmethod
@@ -251,19 +270,6 @@ class Settings(BaseSettings):
             if value not in LOG_LEVELS:
                 raise ValueError(f"choose from {', '.join(LOG_LEVELS)}")
         return value
-
-    @property
-    def rules(self) -> Rules:
-        """The alerting rules, parsed."""
-        return Rules(
-            tiers=self.comment_threshold,
-            min_score=self.min_score,
-            include=compile_title_pattern(self.title_include) if self.title_include else None,
-            exclude=compile_title_pattern(self.title_exclude) if self.title_exclude else None,
-            velocity=parse_velocity(self.velocity) if self.velocity else None,
-            quiet_hours=parse_quiet_hours(self.quiet_hours) if self.quiet_hours else None,
-            zone=ZoneInfo(self.timezone),
-        )
 
     @property
     def sender(self) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from tenacity import (
@@ -40,13 +40,10 @@ from alerts import __version__
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.http import BodyError, describe_error, read_body
 from alerts.limiter import PriorityLimiter
-
-if TYPE_CHECKING:
-    from alerts.config import Settings
+from alerts.model import Item
 
 log = logging.getLogger(__name__)
 
-Item = dict[str, Any]
 MAX_BACKOFF = 30.0
 #: The longest pause a ``Retry-After`` buys; longer asks are cut to this.
 MAX_RETRY_AFTER = 60.0
@@ -179,21 +176,6 @@ class HNClient:
             (b"Accept-Encoding", b"gzip, deflate"),
         ]
         self.fetches = 0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, transport: httpx.AsyncBaseTransport) -> HNClient:
-        """The client with the settings' API URL, concurrency bound, timeout and retry policy."""
-        return cls(
-            transport,
-            settings.hn_api_url,
-            max_concurrency=settings.max_concurrency,
-            request_timeout=settings.fetch_timeout,
-            retry=RetryPolicy(
-                attempts=settings.fetch_attempts,
-                backoff=settings.fetch_backoff,
-                deadline=max(60.0, settings.fetch_attempts * (settings.fetch_timeout + 30.0)),
-            ),
-        )
 
     async def item(self, item_id: int, *, priority: float = 0.0) -> Item | None:
         """One item, or ``None`` when the API answers ``null``.

@@ -6,9 +6,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from alerts.hn import Item
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+#: One item of the HN API as its JSON object.
+Item = dict[str, Any]
 
 HN_ITEM_URL = "https://news.ycombinator.com/item?id={}"
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
+    from alerts.config import TitlePattern
     from alerts.model import Story
-    from alerts.patterns import TitlePattern
 
 
 UTC_ZONE = ZoneInfo("UTC")

@@ -12,10 +12,10 @@ from typing import Any
 from alerts import ledger
 from alerts.config import Settings
 from alerts.errors import FetchError, StateError
-from alerts.hn import HNClient, Item
-from alerts.model import Alert, Story
+from alerts.hn import HNClient
+from alerts.model import Alert, Item, Story
 from alerts.outbox import Outbox
-from alerts.rules import due_tier, needs_walk, velocity_gain
+from alerts.rules import Rules, due_tier, needs_walk, velocity_gain
 from alerts.schedule import fixed_rate
 from alerts.store import LastWalk, Store
 from alerts.tasks import TaskRegistry
@@ -67,6 +67,7 @@ class Service:
     def __init__(
         self,
         settings: Settings,
+        rules: Rules,
         hn: HNClient,
         store: Store,
         outbox: Outbox,
@@ -75,7 +76,7 @@ class Service:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
-        self._rules = settings.rules
+        self._rules = rules
         self._hn = hn
         self._store = store
         self._outbox = outbox

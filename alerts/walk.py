@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from alerts.errors import FetchError, MalformedItemError, RejectedFetchError
-from alerts.hn import Item
+from alerts.model import Item
 
 log = logging.getLogger(__name__)
 
