@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo
+
+from alerts.model import Alert, Story
 
 if TYPE_CHECKING:
     from alerts.config import TitlePattern
-    from alerts.model import Story
 
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -133,3 +134,78 @@ def in_quiet_hours(span: tuple[time, time], local: time) -> bool:
     if start < end:
         return start <= local < end
     return local >= start or local < end
+
+
+@dataclass(frozen=True)
+class StoryState:
+    """What the state DB knew about one story before this check."""
+
+    last_descendants: int | None = None  # at its last complete walk ...
+    last_count: int | None = None  # ... and the count that walk found
+    alerted: int | None = None  # the highest tier it alerted for (or recorded as a baseline)
+    heated: bool = False  # its one "heating up" alert is behind it
+    history: tuple[tuple[float, int], ...] = ()  # (time, count) samples, oldest first
+    baseline: bool = False  # its baseline is owed: tiers it reaches now are recorded, not mailed
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to get a story's count this time: ``skip`` it, use the ``last`` walk's count, or ``walk``."""
+
+    action: Literal["skip", "last", "walk"]
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a counted story is due.
+
+    ``alerts`` are queued, or recorded without mail when ``baseline``;
+    ``owe_baseline`` says whether the story is (``True``) or is no longer
+    (``False``) owed its baseline, ``None`` for no change; ``sample`` says
+    whether the count is a velocity sample (only complete counts are).
+    """
+
+    alerts: tuple[Alert, ...] = ()
+    baseline: bool = False
+    owe_baseline: bool | None = None
+    sample: bool = False
+
+
+def plan(story: Story, state: StoryState, rules: Rules) -> Plan:
+    """Before counting: filtered out stories are skipped, steady ones keep their count, the rest may be walked."""
+    reason = rules.filtered_out(story)
+    if reason is not None:
+        return Plan("skip", f"filtered out: {reason}")
+    if state.last_count is not None and story.descendants == state.last_descendants:
+        return Plan("last", "unchanged since its last walk")
+    wanted = rules.velocity is not None and not state.heated
+    alerted = None if state.baseline else state.alerted
+    if needs_walk(story.descendants, state.last_descendants, rules.tiers, alerted, counts_needed=wanted):
+        return Plan("walk")
+    return Plan("skip", "far below its next tier")
+
+
+def decide(
+    story: Story, count: int, complete: bool, state: StoryState, rules: Rules, *, now: float, gap: float
+) -> Verdict:
+    """After counting: the alerts ``story`` is due with ``count`` (``complete`` when every item was fetched).
+
+    A story owed its baseline takes it only from a complete count (a partial
+    one is a lower bound: it stays owed); its tiers are recorded, not mailed.
+    Otherwise the highest tier newly reached alerts, and a velocity rule
+    alerts once when the gain within its window is large enough; ``gap`` is
+    how far before the window a sample may lie (see :func:`velocity_gain`).
+    """
+    if state.baseline and not complete:
+        return Verdict(owe_baseline=True, sample=False)
+    alerts: list[Alert] = []
+    tier = due_tier(count, rules.tiers, state.alerted)
+    if tier is not None:
+        alerts.append(Alert(story, tier, count))
+    if rules.velocity and complete and not state.heated and not state.baseline:
+        need, minutes = rules.velocity
+        gain, span = velocity_gain(state.history, now, count, minutes, gap)
+        if gain >= need:
+            alerts.append(Alert(story, 0, count, kind="velocity", gain=gain, minutes=max(1, round(span))))
+    return Verdict(tuple(alerts), state.baseline, False if state.baseline else None, complete)

@@ -15,7 +15,7 @@ from alerts.errors import FetchError, StateError
 from alerts.hn import HNClient
 from alerts.model import Alert, Item, Story
 from alerts.outbox import Outbox
-from alerts.rules import Rules, due_tier, needs_walk, velocity_gain
+from alerts.rules import Rules, StoryState, decide, plan
 from alerts.schedule import fixed_rate
 from alerts.store import LastWalk, Store
 from alerts.tasks import TaskRegistry
@@ -207,48 +207,35 @@ class Service:
             return
         story = Story.from_item(story_id, item)
         last = known.last.get(story_id)
-        steady = last is not None and story.descendants == last.descendants
-        reason = self._rules.filtered_out(story)
-        if reason is not None:
-            # Nothing else needs this story's count: skip its walk.
-            report.filtered += 1
-            if not steady:
-                report.fetches_saved += story.descendants or 0
-            log.debug("story %d filtered out: %s", story_id, reason)
+        state = StoryState(
+            last_descendants=last.descendants if last else None,
+            last_count=last.comments if last else None,
+            alerted=known.alerted.get(story_id),
+            heated=story_id in known.heated,
+            history=tuple(known.history.get(story_id, ())),
+            baseline=known.baseline or story_id in known.owed,
+        )
+        todo = plan(story, state, self._rules)
+        if todo.action == "skip":
+            if todo.why.startswith("filtered"):
+                report.filtered += 1
+                if story.descendants != state.last_descendants:  # a walk it would have needed
+                    report.fetches_saved += story.descendants or 0
+            else:
+                report.gated += 1  # its descendants stands for its count
+            log.debug("story %d: %s", story_id, todo.why)
             return
-        wanted = bool(self._rules.velocity) and story_id not in known.heated
-        owed = known.baseline or story_id in known.owed
-        if last is not None and steady:
-            count, complete = last.comments, True
-        elif needs_walk(
-            story.descendants,
-            last.descendants if last else None,
-            self._rules.tiers,
-            None if owed else known.alerted.get(story_id),
-            counts_needed=wanted,
-        ):
-            count, complete = await self._walk(story, item, report)
+        if todo.action == "last":
+            count, complete = state.last_count or 0, True
         else:
-            report.gated += 1  # far below its next tier: its descendants stands for its count
-            return
-        if complete:  # a partial count would fake a jump in the velocity history
+            count, complete = await self._walk(story, item, report)
+        verdict = decide(story, count, complete, state, self._rules, now=known.now, gap=self._sample_gap)
+        if verdict.sample:  # a partial count would fake a jump in the velocity history
             report.counts.append((story_id, count))
-        baseline = known.baseline or story_id in known.owed
-        if baseline and not complete:
-            await self._store.owe_baseline(story_id, True)  # a lower bound: take the baseline next cycle
-            return
-        tier = due_tier(count, self._rules.tiers, known.alerted.get(story_id))
-        if tier is not None:
-            await self._queue(Alert(story, tier, count), baseline, report)
-        if self._rules.velocity and complete and story_id not in known.heated and not baseline:
-            need, minutes = self._rules.velocity
-            history = known.history.get(story_id, [])
-            gain, span = velocity_gain(history, known.now, count, minutes, self._sample_gap)
-            if gain >= need:
-                heat = Alert(story, 0, count, kind="velocity", gain=gain, minutes=max(1, round(span)))
-                await self._queue(heat, baseline, report)
-        if story_id in known.owed:
-            await self._store.owe_baseline(story_id, False)
+        for alert in verdict.alerts:
+            await self._queue(alert, verdict.baseline, report)
+        if verdict.owe_baseline is not None and (verdict.owe_baseline or story_id in known.owed):
+            await self._store.owe_baseline(story_id, verdict.owe_baseline)
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
         """The story's count, and whether the walk fetched every item it tried."""
