@@ -65,6 +65,7 @@ MAXITEM_PATH = "/v0/maxitem.json"
 #: The ``data`` of an ``auth_revoked`` event, as Firebase words it.
 AUTH_REVOKED_DATA = "credential is no longer valid"
 _STREAM_PREFIX = "/_stream"
+_STREAM_WAKE = 0.5  # longest a stream handler waits without looking at its settings again
 
 _ITEM_PATH = re.compile(r"/v0/item/(\d+)\.json")
 _LIST_PATH = re.compile(r"/v0/([a-z]+)\.json")
@@ -119,7 +120,7 @@ class _Items(dict[int, "Item | None"]):
             if new:
                 self._hn._inserted([key])
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         with self._hn.lock:
             incoming = dict(*args, **kwargs)
             new = [key for key in incoming if key not in self]
@@ -127,7 +128,7 @@ class _Items(dict[int, "Item | None"]):
             if new:
                 self._hn._inserted(new)
 
-    def __ior__(self, other: Any) -> _Items:  # type: ignore[override]
+    def __ior__(self, other: Any) -> _Items:  # type: ignore[override,misc]
         self.update(other)
         return self
 
@@ -161,9 +162,13 @@ class _Items(dict[int, "Item | None"]):
             super().clear()
             self._hn._removed(None)
 
-    def copy(self) -> dict[int, Item | None]:  # type: ignore[override]
+    def copy(self) -> dict[int, Item | None]:
         """A plain dict copy (not tracked)."""
         return dict(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """``copy.copy``, ``copy.deepcopy`` and pickle give a plain dict."""
+        return (dict, (dict(self),))
 
 
 @dataclass(eq=False)
@@ -333,14 +338,16 @@ class _Handler(BaseHTTPRequestHandler):
                     if stream.pending:
                         command = stream.pending.popleft()
                         break
-                    timeout: float | None = None
-                    if not stream.silent:
+                    timeout = _STREAM_WAKE  # so a new keepalive_interval applies within this
+                    interval = hn.keepalive_interval
+                    if not stream.silent and interval is not None:
                         now = time.monotonic()
-                        timeout = stream.last_keepalive + hn.keepalive_interval - now
-                        if timeout <= 0:
+                        due = stream.last_keepalive + interval - now
+                        if due <= 0:
                             stream.last_keepalive = now
                             command = ("event", "keep-alive", "null", False)
                             break
+                        timeout = min(timeout, due)
                     hn._cond.wait(timeout)
             if not self._run(stream, command):
                 return
@@ -434,7 +441,8 @@ class FakeHN:
 
     Event stream (``/v0/maxitem.json`` asked with ``Accept:
     text/event-stream``): ``keepalive_interval`` seconds between keep-alives
-    (read live, so it may be changed while streams are open);
+    (``None``: none; read live, so a change reaches open streams within
+    half a second);
     ``stream_chunked`` (default ``True``) frames new streams with chunked
     transfer encoding, ``False`` sends ``Connection: close`` and raw bytes
     (then a cut looks like a clean end of the body). Counters:
@@ -444,7 +452,7 @@ class FakeHN:
     by name).
     """
 
-    def __init__(self, latency: float = 0.0, *, keepalive_interval: float = 30.0) -> None:
+    def __init__(self, latency: float = 0.0, *, keepalive_interval: float | None = 30.0) -> None:
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
         self._max_id = 0
@@ -684,7 +692,7 @@ class FakeHN:
             return None
 
     def fresh_null(self, requests: int = 0, seconds: float = 0.0) -> None:
-        """From now on a new item answers ``null`` for its first ``requests`` requests and ``seconds`` after its creation.
+        """From now on a new item answers ``null`` for its first ``requests`` requests and ``seconds`` once made.
 
         Both may be given: it is ``null`` while either holds. Applies to every
         id added to :attr:`items` afterwards (by :meth:`create_item` or

@@ -154,7 +154,7 @@ class Growth:
     def _run(self) -> None:
         try:
             self._grow()
-        except BaseException as exc:  # recorded and re-raised by stop()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test: stop() and wait() re-raise it
             with self._lock:
                 self._error = exc
                 self._lock.notify_all()
