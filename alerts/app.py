@@ -17,6 +17,7 @@ from alerts.mail import Renderer
 from alerts.outbox import Outbox
 from alerts.rules import Rules
 from alerts.service import Service
+from alerts.sources.poll import PollSource
 from alerts.store import Store
 from alerts.tasks import TaskRegistry
 
@@ -82,6 +83,7 @@ class App:
     sender: Sender
     registry: TaskRegistry
     outbox: Outbox
+    source: PollSource
     service: Service
 
 
@@ -113,7 +115,29 @@ async def open_app(
                 attempts=settings.send_attempts,
                 backoff=settings.send_backoff,
             )
-            service = Service(settings, rules, hn, store, outbox, registry, clock=clock)
-            yield App(settings, hn, store, sender, registry, outbox, service)
+            source = PollSource(
+                rules,
+                hn,
+                store,
+                outbox,
+                api_url=settings.hn_api_url,
+                story_lists=settings.story_lists,
+                top_n=settings.top_n,
+                max_comments=settings.max_comments,
+                baseline=settings.baseline,
+                sample_gap=2 * settings.poll_interval + 60,
+                clock=clock,
+            )
+            service = Service(
+                source,
+                hn,
+                store,
+                outbox,
+                registry,
+                poll_interval=settings.poll_interval,
+                shutdown_timeout=settings.shutdown_timeout,
+                digest=settings.digest,
+            )
+            yield App(settings, hn, store, sender, registry, outbox, source, service)
         finally:
             await store.close()
