@@ -167,21 +167,18 @@ def form_digest(conn: sqlite3.Connection, digest_id: str, keys: Sequence[Key], h
 def due_singles(conn: sqlite3.Connection, now: float | None) -> list[Key]:
     """Pending single alerts whose next try has come (all of them when ``now`` is ``None``)."""
     sql = "SELECT story_id, kind, tier FROM alerts WHERE status = 'pending' AND held = 0 AND digest IS NULL"
-    args: list[float] = []
-    if now is not None:
-        sql += " AND next_try <= ?"
-        args.append(now)
-    return [(r[0], r[1], r[2]) for r in conn.execute(sql + " ORDER BY created_at, story_id, kind, tier", args)]
+    return [(r[0], r[1], r[2]) for r in _due(conn, sql, "created_at, story_id, kind, tier", now)]
 
 
 def due_digests(conn: sqlite3.Connection, now: float | None) -> list[str]:
     """Pending digests whose next try has come (all of them when ``now`` is ``None``)."""
-    sql = "SELECT id FROM digests WHERE status = 'pending'"
-    args: list[float] = []
-    if now is not None:
-        sql += " AND next_try <= ?"
-        args.append(now)
-    return [r[0] for r in conn.execute(sql + " ORDER BY created_at, id", args)]
+    return [r[0] for r in _due(conn, "SELECT id FROM digests WHERE status = 'pending'", "created_at, id", now)]
+
+
+def _due(conn: sqlite3.Connection, sql: str, order: str, now: float | None) -> list[Any]:
+    if now is None:
+        return conn.execute(f"{sql} ORDER BY {order}").fetchall()
+    return conn.execute(f"{sql} AND next_try <= ? ORDER BY {order}", (now,)).fetchall()
 
 
 def digest(conn: sqlite3.Connection, digest_id: str) -> Digest | None:

@@ -6,45 +6,21 @@ import asyncio
 import json
 import sqlite3
 from datetime import datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from alerts import ledger
-from alerts.delivery import SendResult
-from alerts.errors import DeliveryError, StateError
+from alerts.errors import StateError
 from alerts.outbox import MAX_GAP, retry_delay
 from alerts.store import Store
 from tests import trees
 from tests.conftest import run_cli, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
+from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer
 from tests.test_rules_beyond import BERLIN, Clock, cycle
-
-
-class GatedSender:
-    """Records every mail; each send waits for its gate and then fails while ``failures`` lasts."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.messages: list[EmailMessage] = []
-        self.failures = failures
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.started = asyncio.Event()
-
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
-        self.started.set()
-        await self.gate.wait()
-        self.messages.append(message)
-        if self.failures:
-            self.failures -= 1
-            raise DeliveryError("451 4.3.0 try later")
-        return SendResult(accepted=recipients)
-
-    def describe(self) -> str:
-        return "gated sender"
 
 
 def statuses(db: Path) -> dict[str, str]:
@@ -65,8 +41,7 @@ async def test_quiet_hours_beginning_and_ending_while_a_send_runs_mail_it_once(
     hn.add_story(1, trees.wide(1_000, 120), title="In flight")
     hn.set_list("topstories", [1])
     clock = Clock(datetime(2026, 6, 10, 22, 59, tzinfo=BERLIN))
-    sender = GatedSender()
-    sender.gate.clear()
+    sender = RecordingSender(blocked=True)
     cfg = {**env, "ALERTS_QUIET_HOURS": "23:00-07:00", "ALERTS_TIMEZONE": "Europe/Berlin"}
     app = await app_factory(cfg, sender=sender, clock=clock)
     await app.service.run_cycle()
@@ -91,7 +66,7 @@ async def test_a_digest_resent_after_a_restart_is_the_same_mail(
         hn.add_story(n, trees.wide(n * 1_000, 120), title=f"T{n}")
     hn.set_list("topstories", [1, 2])
     cfg = {**env, "ALERTS_DIGEST": "true", "ALERTS_SEND_ATTEMPTS": "1"}
-    sender = GatedSender(failures=1)
+    sender = RecordingSender(failures=1)
     first = await app_factory(cfg, sender=sender)
     await cycle(first)
     await first.store.close()
@@ -124,7 +99,7 @@ async def test_a_failed_alert_waits_its_backoff_across_cycles_and_a_restart_trie
     clock = Clock(datetime(2026, 6, 10, 12, 0, tzinfo=BERLIN))
     cfg = {**env, "ALERTS_SEND_ATTEMPTS": "1"}
     del cfg["ALERTS_SEND_BACKOFF"]  # the default, 1 s
-    sender = GatedSender(failures=2)
+    sender = RecordingSender(failures=2)
     app = await app_factory(cfg, sender=sender, clock=clock)
     await cycle(app)
     entry = await app.store.get((1, "tier", 100))

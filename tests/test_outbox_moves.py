@@ -15,7 +15,7 @@ from alerts.delivery import SendResult
 from alerts.errors import DeliveryError, PermanentDeliveryError
 from tests import trees
 from tests.fakehn import FakeHN
-from tests.test_outbox import GatedSender
+from tests.senders import RecordingSender
 from tests.test_rules_beyond import BERLIN, Clock, cycle
 
 
@@ -171,8 +171,7 @@ async def test_a_drop_during_a_send_that_succeeds_is_recorded_as_sent(
     """An alert dropped while its send runs, and then accepted, is recorded as sent: the record says what happened."""
     hn.add_story(1, trees.wide(1_000, 120), title="T1")
     hn.set_list("topstories", [1])
-    s = GatedSender()
-    s.gate.clear()
+    s = RecordingSender(blocked=True)
     app = await app_factory(env, sender=s)
     await app.service.run_cycle()
     await asyncio.wait_for(s.started.wait(), 5)

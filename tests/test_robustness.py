@@ -20,8 +20,8 @@ from alerts.walk import walk_kids
 from tests import trees
 from tests.conftest import run_cli, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
+from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer
-from tests.test_store_and_cycle import BlockedSender
 
 
 def test_odd_items_stay_with_their_story(hn: FakeHN, env: dict[str, str], tmp_path: Path) -> None:
@@ -110,18 +110,17 @@ async def test_a_mail_that_cannot_render_is_recorded_not_retried(
     hn.add_story(1, trees.wide(1_000, 120), title="Fine")
     hn.add_story(2, trees.wide(2_000, 120), title="Breaks")
     hn.set_list("topstories", [1, 2])
-    sender = BlockedSender()
-    sender.release.set()
+    sender = RecordingSender()
     app = await app_factory({**env, "ALERTS_TEMPLATES_DIR": str(folder)}, sender=sender)
     await app.service.run_cycle()
     await app.registry.join()
-    assert [m["Subject"] for m in sender.sent] == ["Fine"]
+    assert [m["Subject"] for m in sender.messages] == ["Fine"]
     failed = await app.store.get((2, "tier", 100))
     assert failed is not None and failed.status == "failed"
     assert "cannot render the mail: ZeroDivisionError" in (failed.last_error or "")
     await app.service.run_cycle()
     await app.registry.join()
-    assert len(sender.sent) == 1
+    assert len(sender.messages) == 1
 
 
 async def test_a_failed_sent_mark_is_retried_without_resending(
@@ -130,8 +129,7 @@ async def test_a_failed_sent_mark_is_retried_without_resending(
     """When the state DB refuses to record an accepted mail, the record is retried; the mail is not sent again."""
     hn.add_story(1, trees.wide(1_000, 120))
     hn.set_list("topstories", [1])
-    sender = BlockedSender()
-    sender.release.set()
+    sender = RecordingSender()
     app = await app_factory(env, sender=sender)
     real = app.store.run
     failures = iter([True] * 4)  # the outbox tries a record five times before giving the mail up to a resend
@@ -147,7 +145,7 @@ async def test_a_failed_sent_mark_is_retried_without_resending(
     assert next(failures, "spent") == "spent"  # every planned failure happened
     await app.service.run_cycle()
     await app.registry.join()
-    assert len(sender.sent) == 1
+    assert len(sender.messages) == 1
     assert await app.store.pending() == []
     assert (await app.store.counts())["sent"] == 1
 

@@ -7,7 +7,6 @@ import logging
 import sqlite3
 import threading
 from datetime import UTC, datetime, time
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,13 +15,13 @@ import pytest
 
 from alerts.app import make_rules
 from alerts.config import load_settings
-from alerts.delivery import SendResult
-from alerts.errors import ConfigError, DeliveryError
+from alerts.errors import ConfigError
 from alerts.model import Alert, Story
 from alerts.rules import Rules, in_quiet_hours, velocity_gain
 from tests import trees
 from tests.conftest import run_cli, with_smtp
 from tests.fakehn import FakeHN
+from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -314,27 +313,6 @@ def digests(env: dict[str, str]) -> list[tuple[int, str]]:
         ).fetchall()
     conn.close()
     return [(n, status) for n, status in rows]
-
-
-class RecordingSender:
-    """Keeps every mail it is handed; the first ``failures`` sends are answered 451."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.messages: list[EmailMessage] = []
-        self.failures = failures
-
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
-        self.messages.append(message)
-        if self.failures:
-            self.failures -= 1
-            raise DeliveryError("451 4.3.0 try later")
-        return SendResult(accepted=recipients)
-
-    def describe(self) -> str:
-        return "recording sender"
-
-    def mails(self) -> list[tuple[str, str]]:
-        return [(str(m["Subject"]), str(m["X-HN-Alerts-Story"])) for m in self.messages]
 
 
 def tier_alert(story_id: int) -> Alert:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from alerts import ledger
-from alerts.delivery import SendResult
 from alerts.errors import StateError
 from alerts.model import Alert, Story
 from alerts.store import Store
 from tests import trees
 from tests.fakehn import FakeHN
+from tests.senders import RecordingSender
 
 
 def alert(story_id: int = 1, tier: int = 100) -> Alert:
@@ -65,38 +64,20 @@ async def test_unwritable_location_is_a_clear_state_error(tmp_path: Path) -> Non
         await Store.open(tmp_path / "file" / "s.sqlite3")
 
 
-class BlockedSender:
-    """A sender that holds every mail until released."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.started = asyncio.Event()
-        self.sent: list[EmailMessage] = []
-
-    async def send(self, message: EmailMessage, *, sender: str, recipients: tuple[str, ...]) -> SendResult:
-        self.started.set()
-        await self.release.wait()
-        self.sent.append(message)
-        return SendResult(accepted=recipients)
-
-    def describe(self) -> str:
-        return "blocked sender"
-
-
 async def test_cycle_never_awaits_a_send(hn: FakeHN, env: dict[str, str], app_factory: Any) -> None:
     """The cycle returns while its send is still blocked; the registry owns the send until it ends."""
     hn.add_story(1, trees.wide(1_000, 120))
     hn.set_list("topstories", [1])
-    sender = BlockedSender()
+    sender = RecordingSender(blocked=True)
     app = await app_factory(env, sender=sender)
     report = await app.service.run_cycle()
     assert report.alerts == 1
     await asyncio.wait_for(sender.started.wait(), 5)
-    assert len(app.registry) == 1 and sender.sent == []
+    assert len(app.registry) == 1 and sender.messages == []
     assert await app.store.pending() == [(1, "tier", 100)]
-    sender.release.set()
+    sender.gate.set()
     await app.registry.join()
-    assert len(sender.sent) == 1
+    assert len(sender.messages) == 1
     assert await app.store.pending() == []
 
 
@@ -106,12 +87,11 @@ async def test_cycle_dispatches_outbox_left_from_before(hn: FakeHN, env: dict[st
     store = await Store.open(Path(env["ALERTS_STATE_DB"]))
     await enqueue(store, alert(story_id=77))
     await store.close()
-    sender = BlockedSender()
-    sender.release.set()
+    sender = RecordingSender()
     app = await app_factory(env, sender=sender)
     await app.service.run_cycle()
     await app.registry.join()
-    assert [m["X-HN-Alerts-Story"] for m in sender.sent] == ["77"]
+    assert [m["X-HN-Alerts-Story"] for m in sender.messages] == ["77"]
 
 
 OLD_SCHEMA = """
