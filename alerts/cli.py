@@ -148,26 +148,27 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, *, once: bool) -> int:
-    stop = asyncio.Event()
+    stop, serving = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, sig, stop)
+        loop.add_signal_handler(sig, _on_signal, sig, stop, serving)
     if startup.received:
         stop.set()  # it came during start-up: stop as soon as we can (one line, below)
     try:
-        return await _serve(settings, once=once, stop=stop)
+        return await _serve(settings, once=once, stop=stop, serving=serving)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
-async def _serve(settings: Settings, *, once: bool, stop: asyncio.Event) -> int:
+async def _serve(settings: Settings, *, once: bool, stop: asyncio.Event, serving: asyncio.Event) -> int:
     from alerts.app import open_app
 
     async with open_app(settings) as app:
         if stop.is_set():
             log.info("stopped during start-up; nothing was sent")
             return EXIT_OK
+        serving.set()
         log.info(
             "hn-alerts %s: %s top %d %s, tiers %s, mail to %s via %s",
             __version__,
@@ -186,8 +187,8 @@ async def _serve(settings: Settings, *, once: bool, stop: asyncio.Event) -> int:
         return EXIT_OK
 
 
-def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
-    if not stop.is_set():
+def _on_signal(sig: signal.Signals, stop: asyncio.Event, serving: asyncio.Event) -> None:
+    if serving.is_set() and not stop.is_set():  # during start-up, "stopped during start-up" says it all
         log.info("%s received: stopping, draining sends", sig.name)
     stop.set()
 

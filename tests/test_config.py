@@ -213,3 +213,5 @@ def test_a_signal_during_start_up_exits_0_with_one_line(env: dict[str, str], tmp
             raise
         assert proc.returncode == 0, (sig, delay, err)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        if "hn-alerts 0.1.0:" not in err:  # stopped before the service began: one line says so
+            assert err.count("\n") == 1 and "during start-up" in err, err
