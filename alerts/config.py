@@ -102,7 +102,12 @@ def _check_address(value: str) -> str:
     _name, addr = parseaddr(value)
     if not addr or not _ADDRESS.match(addr):
         raise ValueError(f"{value!r} is not an email address")
-    return value.strip()
+    text = value.strip()
+    # Only "me@example.org" or "Me <me@example.org>": anything else around the address (a ';'
+    # list, a second address) would be dropped silently when the mail is sent.
+    if text != addr and not (text.endswith(f"<{addr}>") and "<" not in text[: -len(addr) - 2]):
+        raise ValueError(f"{value!r} is not one email address (separate recipients with commas)")
+    return text
 
 
 def shipped_templates() -> Path:
@@ -311,7 +316,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
         err = exc.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
         raw = err.get("input")
-        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and repr(raw) not in msg else ""
+        shown = f" (got {raw!r})" if isinstance(raw, str | int | float) and str(raw) not in msg else ""
         raise ConfigError(_variable(err["loc"]), msg + shown) from None
     _check_combination(settings)
     return settings

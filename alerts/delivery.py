@@ -140,9 +140,11 @@ class SmtpSender:
             raise DeliveryError(f"cannot {step} {where}: {exc} {self._hint(str(exc))}".rstrip()) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             reason = describe(exc, self._host, self._port)
-            raise DeliveryError(f"cannot {step} {where}: {reason} {self._hint(reason)}".rstrip()) from exc
+            raise DeliveryError(f"cannot {step} the SMTP server: {reason} {self._hint(reason)}".rstrip()) from exc
 
     def _hint(self, reason: str) -> str:
+        if reason.startswith(("connection refused", "DNS lookup failed", "timeout connecting")):
+            return "(check ALERTS_SMTP_HOST and ALERTS_SMTP_PORT, and that the server is up)"
         if "certificate not trusted" in reason:
             return "(signed by a private authority? set ALERTS_SMTP_CA_FILE to its PEM file)"
         if self._security == "starttls" and self._port == 465:

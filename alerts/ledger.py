@@ -343,8 +343,13 @@ def undelivered(conn: sqlite3.Connection, since: float, quiet: bool) -> int:
         " OR (status = 'failed' AND done_at >= ?)",
         (since,),
     ).fetchone()
+    # Mails taken by some recipients and refused for good by others (a mail refused by all is failed above).
     refused = conn.execute(
-        "SELECT COUNT(DISTINCT mail) FROM recipients WHERE outcome = 'refused' AND at >= ?", (since,)
+        "SELECT COUNT(DISTINCT mail) FROM recipients r WHERE outcome = 'refused' AND at >= ?"
+        " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.status = 'failed'"
+        " AND r.mail = 'alert:' || a.story_id || ':' || a.kind || ':' || a.tier)"
+        " AND NOT EXISTS (SELECT 1 FROM digests d WHERE d.status = 'failed' AND r.mail = 'digest:' || d.id)",
+        (since,),
     ).fetchone()
     return int(row[0]) + int(refused[0])
 

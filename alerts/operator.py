@@ -88,7 +88,7 @@ async def list_outbox(path: Path, *, as_json: bool) -> int:
         print(json.dumps([entry_json(e) for e in rows], ensure_ascii=False))
         return 0
     if not rows:
-        print("the outbox is empty: every alert was delivered" if store else f"no state DB at {path} yet")
+        print("the outbox is empty: no alert waits to be delivered" if store else f"no state DB at {path} yet")
         return 0
     header = ("ID", "STATUS", "TRIES", "NEXT TRY", "TITLE", "LAST ERROR")
     table = [

@@ -68,6 +68,7 @@ BAD = [
     ("ALERTS_FETCH_TIMEOUT", "fast"),
     ("ALERTS_MAX_COMMENTS", "-1"),
     ("ALERTS_COMMENT_THRESHOLD", "100,50"),
+    ("ALERTS_COMMENT_THRESHOLD", "100;250"),
     ("ALERTS_COMMENT_THRESHOLD", "100,100"),
     ("ALERTS_COMMENT_THRESHOLD", "ten"),
     ("ALERTS_COMMENT_THRESHOLD", "0"),
@@ -85,6 +86,8 @@ BAD = [
     ("ALERTS_EMAIL_TO", "me\x1b[31m@example.org"),
     ("ALERTS_EMAIL_TO", "me@exa\tmple.org"),
     ("ALERTS_EMAIL_TO", "me\x85@example.org"),
+    ("ALERTS_EMAIL_TO", "me@example.org;you@example.org"),  # a ';' list would lose all but the first
+    ("ALERTS_EMAIL_TO", "Me <me@example.org> <you@example.org>"),
     ("ALERTS_EMAIL_FROM", "alerts@example.org\x7f"),
     ("ALERTS_SMTP_CA_FILE", "/nonexistent/ca.pem"),
     ("ALERTS_TITLE_INCLUDE", "(a)\\1"),

@@ -250,6 +250,7 @@ def test_outbox_retry_and_drop(hn: FakeHN, smtp: SmtpServer, env: dict[str, str]
     """`retry --failed` puts failed alerts back and the next run sends them; `drop` gives up for good."""
     seeded_db(env, tmp_path)
     assert run_cli(["outbox", "drop", "12:100"], env, tmp_path).returncode == 0
+    assert "12:100" not in run_cli(["outbox"], env, tmp_path).stdout
     retried = run_cli(["outbox", "retry", "--failed"], env, tmp_path)
     assert retried.returncode == 0 and "11:100" in retried.stdout
     hn.set_list("topstories", [])

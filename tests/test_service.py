@@ -72,6 +72,7 @@ def test_554_is_permanent_and_blocks_nothing(hn: FakeHN, smtp: SmtpServer, env: 
     first = run_cli(["run", "--once"], with_smtp(env, smtp), tmp_path)
     assert first.returncode == 1
     assert "refused for good" in first.stderr and "554 5.7.1 rejected as spam" in first.stderr
+    assert "1 alert(s) not delivered" in first.stderr  # counted once, not once per refusal record
     hn.set_list("topstories", [1, 2])
     second = run_cli(["run", "--once"], with_smtp(env, smtp), tmp_path)
     assert second.returncode == 0, second.stderr
@@ -210,3 +211,16 @@ def test_once_with_the_api_down_still_delivers_the_outbox(
     assert "no story list could be read" in result.stderr and "Traceback" not in result.stderr
     assert smtp.subjects() == ["[HN] Waiting — 120 comments"]
     assert statuses(tmp_path) == {1: "sent"}
+
+
+def test_a_recipient_refusing_for_good_counts_its_alert_once(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The only recipient answers 550 at RCPT: the alert is failed, and --once counts it once."""
+    two_busy_stories(hn)
+    hn.set_list("topstories", [1])
+    smtp.handler.rcpt_replies = {"me@example.org": "550 5.1.1 no such user"}
+    result = run_cli(["run", "--once"], with_smtp(env, smtp), tmp_path)
+    assert result.returncode == 1
+    assert "1 alert(s) not delivered" in result.stderr, result.stderr
+    assert statuses(tmp_path) == {1: "failed"}
