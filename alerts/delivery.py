@@ -115,6 +115,7 @@ class SmtpSender:
             client.close()  # cancelled or failed: never wait on the server for a QUIT
             raise
         _goodbye(client)
+        await asyncio.sleep(0)  # the closed connection lets go of its socket in the loop's next turn
         return result
 
     async def _open(self, client: aiosmtplib.SMTP) -> None:
