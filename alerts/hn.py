@@ -40,7 +40,7 @@ from alerts import __version__
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.http import BodyError, describe_error, read_body
 from alerts.limiter import PriorityLimiter
-from alerts.model import Item
+from alerts.model import MAX_ID, Item
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ MAX_RESUME_JITTER = 1.0
 PAUSE_LOG_EVERY = 60.0
 #: Deepest JSON nesting accepted; an item is 1 and its ``kids`` 2.
 MAX_DEPTH = 100
-#: Ids and counts lie in 0..MAX_ID: exact in a double, and in SQLite's 64-bit integers.
-MAX_ID = 2**53
 
 #: The item fields the service reads, and their one JSON type each (``null`` is always allowed).
 ITEM_FIELDS: dict[str, type] = {

@@ -144,8 +144,8 @@ def unassigned(conn: sqlite3.Connection, held_only: bool) -> list[Entry]:
     return [_entry(r) for r in conn.execute(sql + " ORDER BY created_at, story_id, kind, tier")]
 
 
-def form_digest(conn: sqlite3.Connection, digest_id: str, keys: Sequence[Key], held: bool, now: float) -> bool:
-    """Store a digest and claim its members, in one transaction; false if a member was taken meanwhile."""
+def form_digest(conn: sqlite3.Connection, digest_id: str, keys: Sequence[Key], held: bool, now: float) -> None:
+    """Store a digest and claim its members, in one transaction; none is stored if a member was taken meanwhile."""
     with conn:
         conn.execute(
             "INSERT INTO digests (id, status, held, created_at) VALUES (?, 'pending', ?, ?)",
@@ -161,7 +161,6 @@ def form_digest(conn: sqlite3.Connection, digest_id: str, keys: Sequence[Key], h
             claimed += cur.rowcount
         if claimed != len(keys):
             raise sqlite3.IntegrityError("a digest member was claimed meanwhile")
-    return True
 
 
 def due_singles(conn: sqlite3.Connection, now: float | None) -> list[Key]:

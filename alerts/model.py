@@ -8,6 +8,9 @@ from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+#: Ids and counts lie in 0..MAX_ID: exact in a double, and in SQLite's 64-bit integers.
+MAX_ID = 2**53
+
 #: One item of the HN API as its JSON object.
 Item = dict[str, Any]
 

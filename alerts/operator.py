@@ -18,10 +18,10 @@ from typing import Any
 from alerts import ledger
 from alerts.errors import ConfigError
 from alerts.ledger import Entry, Key
+from alerts.model import MAX_ID
 from alerts.store import Store
 
 _ID = re.compile(r"(\d{1,16}):(velocity|\d{1,9})")
-MAX_ID = 2**53
 
 
 def parse_alert_id(text: str) -> Key:
