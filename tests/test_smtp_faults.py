@@ -12,6 +12,8 @@ import asyncio
 import signal
 import sqlite3
 import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +58,20 @@ def alert_row(tmp_path: Path) -> tuple[str, int, str | None]:
 def clean(err: str) -> None:
     assert "Traceback" not in err, err
     assert DESTROYED not in err, err
+
+
+def sigterm_when(ready: threading.Event, proc: subprocess.Popen[str], what: str) -> tuple[str, float]:
+    """Once ``ready`` is set, SIGTERM ``proc``; its stderr and the seconds it took to exit after the signal."""
+    try:
+        assert ready.wait(20), what
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+        return err, time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def deliver_later(env: dict[str, str], smtp: SmtpServer, tmp_path: Path) -> None:
@@ -246,16 +262,7 @@ def test_sigterm_while_the_server_hangs_exits_within_the_shutdown_deadline(
     with RawSmtpServer(hang_at=hang_at) as raw:
         cfg = smtp_at(env, raw.port, ALERTS_SMTP_TIMEOUT="60", ALERTS_SHUTDOWN_TIMEOUT=str(shutdown))
         proc = start_cli(args, cfg, tmp_path)
-        try:
-            assert raw.hung.wait(20), "the send never reached the step the server hangs at"
-            signalled = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            _out, err = proc.communicate(timeout=30)
-            elapsed = time.monotonic() - signalled
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        err, elapsed = sigterm_when(raw.hung, proc, "the send never reached the step the server hangs at")
         print(f"{args} hanging at {hang_at}: exited {elapsed:.2f} s after SIGTERM")
         assert proc.returncode == code, err
         assert elapsed < shutdown + 2.0, f"exited {elapsed:.2f} s after SIGTERM"
@@ -276,16 +283,7 @@ def test_a_server_that_never_answers_quit_cannot_hold_nor_double_an_accepted_mai
     with RawSmtpServer(hang_at="QUIT") as raw:
         cfg = smtp_at(env, raw.port, ALERTS_SMTP_TIMEOUT="60", ALERTS_SHUTDOWN_TIMEOUT="1")
         proc = start_cli(["run"], cfg, tmp_path)
-        try:
-            assert raw.hung.wait(20), "the send never reached QUIT"
-            signalled = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            _out, err = proc.communicate(timeout=30)
-            elapsed = time.monotonic() - signalled
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        err, elapsed = sigterm_when(raw.hung, proc, "the send never reached QUIT")
         assert proc.returncode == EXIT_OK, err
         assert elapsed < 1 + 2.0, f"exited {elapsed:.2f} s after SIGTERM"
         clean(err)
