@@ -12,7 +12,7 @@ import httpx
 from alerts.config import Settings
 from alerts.delivery import FileSender, Sender, SmtpSender, smtp_tls_context
 from alerts.hn import HNClient, RetryPolicy
-from alerts.http import make_transport
+from alerts.http import make_client
 from alerts.mail import Renderer
 from alerts.outbox import Outbox
 from alerts.rules import Rules
@@ -45,10 +45,10 @@ def make_sender(settings: Settings) -> Sender:
     return FileSender(settings.outbox_dir)
 
 
-def make_hn_client(settings: Settings, transport: httpx.AsyncBaseTransport) -> HNClient:
+def make_hn_client(settings: Settings, client: httpx.AsyncClient) -> HNClient:
     """The HN client with the settings' API URL, concurrency bound, timeout and retry policy."""
     return HNClient(
-        transport,
+        client,
         settings.hn_api_url,
         max_concurrency=settings.max_concurrency,
         request_timeout=settings.fetch_timeout,
@@ -97,8 +97,8 @@ async def open_app(
     """
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
-    async with make_transport(settings.max_concurrency) as transport:
-        hn = make_hn_client(settings, transport)
+    async with make_client(settings.max_concurrency) as http:
+        hn = make_hn_client(settings, http)
         store = await Store.open(settings.state_db, clock=clock)
         try:
             registry = TaskRegistry()

@@ -195,12 +195,12 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event, serving: asyncio.Event)
 
 async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
     from alerts.app import make_hn_client
-    from alerts.http import make_transport
+    from alerts.http import make_client
     from alerts.walk import walk_kids
 
     started = time.perf_counter()
-    async with make_transport(settings.max_concurrency) as transport:
-        hn = make_hn_client(settings, transport)
+    async with make_client(settings.max_concurrency) as http:
+        hn = make_hn_client(settings, http)
         try:
             root = await hn.item(item_id)
         except FetchError as exc:

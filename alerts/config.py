@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(10.0, gt=0)
     fetch_backoff: float = Field(0.5, ge=0)
     max_comments: int = Field(20000, ge=1)
+    source: Literal["poll", "stream"] = "poll"
+    stream_poll: float = Field(5.0, gt=0)
+    stream_catchup: int = Field(20000, ge=0)
 
     smtp_host: str | None = None
     smtp_port: int = Field(587, ge=1, le=65535)
@@ -227,7 +230,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         names = _split(value)
+        if names == ("all",):
+            return names
         if isinstance(names, tuple):
+            if "all" in names:
+                raise ValueError("'all' already holds every story: give it alone")
             unknown = [n for n in names if n not in STORY_LISTS]
             if unknown:
                 raise ValueError(f"unknown list {unknown[0]!r}; choose from {', '.join(STORY_LISTS)}")
@@ -332,6 +339,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_combination(s: Settings) -> None:
+    if s.story_lists == ("all",) and s.source != "stream":
+        raise ConfigError(
+            "ALERTS_STORY_LISTS", "'all' (every story on HN) needs ALERTS_SOURCE=stream; the poll source reads lists"
+        )
     if s.smtp_host:
         if not s.email_from:
             raise ConfigError("ALERTS_EMAIL_FROM", "required when ALERTS_SMTP_HOST is set")

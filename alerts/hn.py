@@ -135,9 +135,8 @@ def retry_after_seconds(value: str | None) -> float | None:
 class HNClient:
     """Reads items and story lists, bounded and retried.
 
-    It speaks httpx's transport API to one shared transport (the connection
-    pool): ``alerts.http.make_transport`` in the service, an
-    ``httpx.MockTransport`` in unit tests. ``fetches`` counts every HTTP
+    It sends through one shared ``httpx.AsyncClient`` (``alerts.http.make_client``
+    in the service; over an ``httpx.MockTransport`` in unit tests). ``fetches`` counts every HTTP
     request made, retries included.
 
     A ``Retry-After`` (capped at ``MAX_RETRY_AFTER``) sets a deadline before
@@ -148,7 +147,7 @@ class HNClient:
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        client: httpx.AsyncClient,
         base_url: str,
         *,
         max_concurrency: int = 32,
@@ -157,7 +156,7 @@ class HNClient:
         sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._transport = transport
+        self._client = client
         self._base = base_url.rstrip("/")
         self._limit = PriorityLimiter(max_concurrency)
         self._retry = retry or RetryPolicy()
@@ -174,6 +173,16 @@ class HNClient:
             (b"Accept-Encoding", b"gzip, deflate"),
         ]
         self.fetches = 0
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared HTTP client (the stream source reads the event stream through it)."""
+        return self._client
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, without a trailing slash."""
+        return self._base
 
     async def item(self, item_id: int, *, priority: float = 0.0) -> Item | None:
         """One item, or ``None`` when the API answers ``null``.
@@ -303,7 +312,7 @@ class HNClient:
             # Transport timeouts bound each phase; this bounds the whole request,
             # so a server trickling bytes cannot hold a slot for ever.
             async with asyncio.timeout(self._deadline):
-                response = await self._transport.handle_async_request(request)
+                response = await self._client.send(request, stream=True)
                 try:
                     body = await read_body(response) if response.status_code < 300 else b""
                 finally:

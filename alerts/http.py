@@ -1,9 +1,9 @@
-"""The one shared HTTP transport: aiohttp's connection pool behind httpx's transport API.
+"""The one shared HTTP client: an ``httpx.AsyncClient`` over aiohttp's connection pool.
 
 httpcore's pool re-checks every pooled connection on every request, which
 cost 4.6 ms of CPU per request at 100 connections (bench/RESULTS.md);
 aiohttp's pool does not. The client code is written against httpx's
-transport interface only, so tests swap in ``httpx.MockTransport``.
+client API only, so tests give it an ``httpx.MockTransport``.
 
 Also here, for any transport: :func:`read_body`, which reads a body within a
 size cap before and after decompression, and :func:`describe_error`, which
@@ -82,9 +82,14 @@ class _MappedStream(httpx.AsyncByteStream):
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=self._request) from exc
 
 
-def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """The transport the service shares for every HN request."""
-    return Transport(max_connections)
+def make_client(max_connections: int) -> httpx.AsyncClient:
+    """The one ``httpx.AsyncClient`` the service shares for every HN request, the event stream included.
+
+    Over :class:`Transport`; redirects are not followed unless a request asks
+    (the event stream does), and the environment's proxy settings are not
+    read: they would route requests around this transport.
+    """
+    return httpx.AsyncClient(transport=Transport(max_connections), trust_env=False)
 
 
 class BodyError(ValueError):

@@ -11,7 +11,7 @@ import pytest
 
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.hn import HNClient, RetryPolicy, retry_after_seconds
-from alerts.http import Transport
+from alerts.http import Transport, make_client
 from tests import trees
 from tests.fakehn import FakeHN
 from tests.smtpserver import free_port
@@ -41,6 +41,9 @@ class RecordingTransport(httpx.AsyncBaseTransport):
         self._events.append((_task_name(), "request", request.url.path))
         return await self._inner.handle_async_request(request)
 
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
 
 def recording_sleep(events: Events) -> Callable[[float], Awaitable[None]]:
     """An injected sleep that notes which task waited how long, and yields as a real sleep would."""
@@ -62,12 +65,12 @@ def of_task(events: Events, name: str) -> list[tuple[str, object]]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncBaseTransport]:
-    async with Transport(32) as transport:
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(32) as transport:
         yield transport
 
 
-async def test_5xx_and_429_are_retried_then_succeed(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_5xx_and_429_are_retried_then_succeed(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """503, 500 and 429 are retried; the fourth attempt gets the item."""
     hn.add_story(1, trees.wide(10, 1))
     path = "/v0/item/1.json"
@@ -81,7 +84,7 @@ async def test_5xx_and_429_are_retried_then_succeed(hn: FakeHN, http: httpx.Asyn
     assert client.fetches == 4
 
 
-async def test_retry_after_is_honoured(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_retry_after_is_honoured(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """A 429 with Retry-After: 7 waits 7 s plus at most 10% (on the injected sleep), not the backoff."""
     hn.add_story(1, trees.wide(10, 1))
     hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "7"})
@@ -92,7 +95,7 @@ async def test_retry_after_is_honoured(hn: FakeHN, http: httpx.AsyncBaseTranspor
     assert len(waits) == 1 and 7.0 <= waits[0] <= 7.7
 
 
-async def test_retry_after_pauses_every_request_of_the_client(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_retry_after_pauses_every_request_of_the_client(hn: FakeHN) -> None:
     """A 429 with Retry-After: 30 on one path holds back a concurrent request to another path too.
 
     Both wait 30 s plus at most 10% jitter (capped at 1 s) on the injected sleep, before they send.
@@ -100,8 +103,13 @@ async def test_retry_after_pauses_every_request_of_the_client(hn: FakeHN, http: 
     hn.add_story(1, trees.wide(10, 1))
     hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "30"})
     events: Events = []
+    async with httpx.AsyncClient(transport=RecordingTransport(Transport(32), events)) as http:
+        await _two_requests_under_a_pause(hn, http, events)
+
+
+async def _two_requests_under_a_pause(hn: FakeHN, http: httpx.AsyncClient, events: Events) -> None:
     client = HNClient(
-        RecordingTransport(http, events),
+        http,
         hn.url,
         max_concurrency=1,
         retry=RetryPolicy(attempts=3, backoff=0),
@@ -120,9 +128,7 @@ async def test_retry_after_pauses_every_request_of_the_client(hn: FakeHN, http: 
     assert hn.requests["/v0/item/1.json"] == 2 and hn.requests["/v0/item/10.json"] == 1
 
 
-async def test_a_request_started_during_a_pause_waits_for_the_rest_of_it(
-    hn: FakeHN, http: httpx.AsyncBaseTransport
-) -> None:
+async def test_a_request_started_during_a_pause_waits_for_the_rest_of_it(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """20 s into a 30 s pause, a new request waits the 10 s left (plus jitter); after the pause, none."""
     hn.add_story(1, trees.wide(10, 1))
     hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "30"})
@@ -140,7 +146,7 @@ async def test_a_request_started_during_a_pause_waits_for_the_rest_of_it(
     assert sleep.waits == []
 
 
-async def test_retry_after_is_capped_at_60_s(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_retry_after_is_capped_at_60_s(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """Retry-After: 9999 pauses the client for 60 s (plus at most 1 s of jitter), not 2 3/4 hours."""
     hn.add_story(1, trees.wide(10, 1))
     hn.fail("/v0/item/1.json", 1, 429, {"Retry-After": "9999"})
@@ -151,7 +157,7 @@ async def test_retry_after_is_capped_at_60_s(hn: FakeHN, http: httpx.AsyncBaseTr
     assert len(waits) == 1 and 60.0 <= waits[0] <= 61.0
 
 
-async def test_backoff_grows_exponentially_with_jitter(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_backoff_grows_exponentially_with_jitter(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """Waits between attempts double (plus at most one backoff of jitter)."""
     hn.add_story(1, trees.wide(10, 1))
     hn.fail("/v0/item/1.json", 4, 503)
@@ -163,7 +169,7 @@ async def test_backoff_grows_exponentially_with_jitter(hn: FakeHN, http: httpx.A
         assert 2**n <= wait <= 2**n + 1.0
 
 
-async def test_other_4xx_is_not_retried(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_other_4xx_is_not_retried(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """A 404 is final: one request, RejectedFetchError."""
     hn.fail("/v0/item/5.json", 5, 404)
     client = HNClient(http, hn.url, retry=RetryPolicy(attempts=5, backoff=0))
@@ -172,7 +178,7 @@ async def test_other_4xx_is_not_retried(hn: FakeHN, http: httpx.AsyncBaseTranspo
     assert hn.requests["/v0/item/5.json"] == 1
 
 
-async def test_attempts_are_bounded_and_the_last_error_raised(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_attempts_are_bounded_and_the_last_error_raised(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """After ALERTS_FETCH_ATTEMPTS failures the last error is raised."""
     hn.fail("/v0/item/5.json", 10, 502)
     client = HNClient(http, hn.url, retry=RetryPolicy(attempts=3, backoff=0))
@@ -181,7 +187,7 @@ async def test_attempts_are_bounded_and_the_last_error_raised(hn: FakeHN, http: 
     assert hn.requests["/v0/item/5.json"] == 3
 
 
-async def test_connection_reset_and_truncated_body_are_retried(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_connection_reset_and_truncated_body_are_retried(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """A dropped connection and a half-sent body are retried until the item arrives."""
     hn.add_story(1, trees.wide(10, 1))
     hn.reset_connection("/v0/item/1.json", 1)
@@ -196,14 +202,14 @@ async def test_timeout_is_retried(hn: FakeHN) -> None:
     """A request slower than the timeout is retried and counted each time."""
     hn.add_story(1, trees.wide(10, 1))
     hn.set_delay("/v0/item/1.json", 1.0)
-    async with Transport(4) as http:
+    async with make_client(4) as http:
         client = HNClient(http, hn.url, retry=RetryPolicy(attempts=2, backoff=0), request_timeout=0.1)
         with pytest.raises(RetryableFetchError, match="timeout"):
             await client.item(1)
     assert client.fetches == 2
 
 
-async def test_a_refused_connection_says_refused(http: httpx.AsyncBaseTransport) -> None:
+async def test_a_refused_connection_says_refused(http: httpx.AsyncClient) -> None:
     """A closed port is "connection refused by HOST:PORT", not a timeout."""
     port = free_port()
     client = HNClient(http, f"http://127.0.0.1:{port}/v0", retry=RetryPolicy(attempts=1))
@@ -212,7 +218,7 @@ async def test_a_refused_connection_says_refused(http: httpx.AsyncBaseTransport)
     assert info.value.reason == f"connection refused by 127.0.0.1:{port}"
 
 
-async def test_a_dns_failure_says_dns(http: httpx.AsyncBaseTransport) -> None:
+async def test_a_dns_failure_says_dns(http: httpx.AsyncClient) -> None:
     """A name that cannot resolve (``.invalid`` never does) is a DNS failure naming the host."""
     client = HNClient(http, "http://hn-alerts-test.invalid/v0", retry=RetryPolicy(attempts=1), request_timeout=5)
     with pytest.raises(RetryableFetchError) as info:
@@ -220,7 +226,7 @@ async def test_a_dns_failure_says_dns(http: httpx.AsyncBaseTransport) -> None:
     assert info.value.reason.startswith("DNS lookup failed for hn-alerts-test.invalid")
 
 
-async def test_tls_to_a_plain_http_server_says_tls(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_tls_to_a_plain_http_server_says_tls(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """https:// to a server that speaks plain HTTP is a TLS error naming the endpoint."""
     client = HNClient(http, hn.url.replace("http://", "https://"), retry=RetryPolicy(attempts=1), request_timeout=5)
     with pytest.raises(RetryableFetchError) as info:
@@ -234,9 +240,7 @@ async def test_tls_to_a_plain_http_server_says_tls(hn: FakeHN, http: httpx.Async
     [(True, "connection reset by {where}"), (False, "connection closed by {where} before the answer was complete")],
     ids=["rst", "fin"],
 )
-async def test_a_dropped_connection_says_how(
-    hn: FakeHN, http: httpx.AsyncBaseTransport, hard: bool, reason: str
-) -> None:
+async def test_a_dropped_connection_says_how(hn: FakeHN, http: httpx.AsyncClient, hard: bool, reason: str) -> None:
     """A connection the server resets (RST) or closes (FIN) without answering says which, and where."""
     # aiohttp itself sends an idempotent request once more on a dropped connection: drop both.
     hn.reset_connection("/v0/item/1.json", 2, hard=hard)
@@ -246,7 +250,7 @@ async def test_a_dropped_connection_says_how(
     assert info.value.reason == reason.format(where=f"127.0.0.1:{hn.port}")
 
 
-async def test_malformed_json_is_retried_then_raised(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_malformed_json_is_retried_then_raised(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """A body that is not JSON is retried, then raised as MalformedItemError."""
     hn.malformed(9)
     client = HNClient(http, hn.url, retry=RetryPolicy(attempts=2, backoff=0))
@@ -255,7 +259,7 @@ async def test_malformed_json_is_retried_then_raised(hn: FakeHN, http: httpx.Asy
     assert hn.requests["/v0/item/9.json"] == 2
 
 
-async def test_in_flight_never_exceeds_the_bound(http: httpx.AsyncBaseTransport) -> None:
+async def test_in_flight_never_exceeds_the_bound(http: httpx.AsyncClient) -> None:
     """With a bound of 5 and latency, the server never sees more than 5 requests at once."""
     with FakeHN(latency=0.02) as hn:
         hn.add_story(1, trees.wide(100, 60))
@@ -285,7 +289,7 @@ async def test_backoff_sleep_does_not_hold_a_slot() -> None:
             release.set()
         return httpx.Response(200, content=json.dumps({"id": 1}))
 
-    http = httpx.MockTransport(handler)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     client = HNClient(
         http, "http://hn.test/v0", max_concurrency=1, retry=RetryPolicy(attempts=2, backoff=1), sleep=sleep
     )

@@ -20,7 +20,7 @@ import pytest
 
 from alerts.errors import MalformedItemError
 from alerts.hn import MAX_DEPTH, MAX_ID, HNClient, HostileBodyError, RetryPolicy, json_depth
-from alerts.http import MAX_BODY, Transport
+from alerts.http import MAX_BODY, make_client
 from alerts.walk import walk_kids
 from tests import trees
 from tests.fakehn import FakeHN
@@ -30,13 +30,13 @@ STATUS = Path("/proc/self/status")
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncBaseTransport]:
-    async with Transport(8) as transport:
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(8) as transport:
         yield transport
 
 
 @pytest.fixture
-def client(hn: FakeHN, http: httpx.AsyncBaseTransport) -> HNClient:
+def client(hn: FakeHN, http: httpx.AsyncClient) -> HNClient:
     """A client that would try everything three times."""
     hn.add_story(1, trees.wide(10, 3))
     return HNClient(http, hn.url, retry=RetryPolicy(attempts=3, backoff=0))
@@ -200,7 +200,7 @@ async def test_a_deep_story_list_is_malformed(hn: FakeHN, client: HNClient) -> N
         await client.story_ids("topstories")
 
 
-async def test_a_deep_item_counts_nothing_and_the_walk_goes_on(hn: FakeHN, http: httpx.AsyncBaseTransport) -> None:
+async def test_a_deep_item_counts_nothing_and_the_walk_goes_on(hn: FakeHN, http: httpx.AsyncClient) -> None:
     """One comment 100,000 deep in a tree of 40: the other 39 are counted, the walk is complete."""
     tree = trees.wide(100, 40)
     hn.add_story(1, tree)

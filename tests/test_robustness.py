@@ -52,7 +52,7 @@ async def test_a_reply_chain_thousands_deep_is_counted() -> None:
             item["kids"] = [item_id + 1]
         return httpx.Response(200, content=json.dumps(item))
 
-    http = httpx.MockTransport(handler)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     client = HNClient(http, "http://hn.test/v0", retry=RetryPolicy(attempts=1))
     result = await walk_kids(client, 0, {"id": 0, "kids": [1]}, max_items=10_000)
     assert (result.comments, result.complete) == (depth, True)
@@ -69,7 +69,7 @@ async def test_a_trickling_response_is_cut_at_the_request_timeout() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, stream=_Stream(trickle()))
 
-    http = httpx.MockTransport(handler)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     client = HNClient(http, "http://hn.test/v0", retry=RetryPolicy(attempts=2, backoff=0), request_timeout=0.2)
     with pytest.raises(RetryableFetchError, match="timeout"):
         await asyncio.wait_for(client.item(1), 10)

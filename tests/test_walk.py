@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from alerts.hn import HNClient, RetryPolicy
-from alerts.http import Transport
+from alerts.http import make_client
 from alerts.walk import walk_kids
 from tests import trees
 from tests.fakehn import FakeHN
@@ -15,7 +15,7 @@ from tests.fakehn import FakeHN
 
 @pytest.fixture
 async def client(hn: FakeHN) -> AsyncIterator[HNClient]:
-    async with Transport(16) as transport:
+    async with make_client(16) as transport:
         yield HNClient(transport, hn.url, max_concurrency=16, retry=RetryPolicy(attempts=3, backoff=0))
 
 
