@@ -17,7 +17,9 @@ from alerts.mail import Renderer
 from alerts.outbox import Outbox
 from alerts.rules import Rules
 from alerts.service import Service
+from alerts.sources import Source
 from alerts.sources.poll import PollSource
+from alerts.sources.stream import StreamSource
 from alerts.store import Store
 from alerts.tasks import TaskRegistry
 
@@ -83,7 +85,7 @@ class App:
     sender: Sender
     registry: TaskRegistry
     outbox: Outbox
-    source: PollSource
+    source: Source
     service: Service
 
 
@@ -115,7 +117,7 @@ async def open_app(
                 attempts=settings.send_attempts,
                 backoff=settings.send_backoff,
             )
-            source = PollSource(
+            lists = PollSource(
                 rules,
                 hn,
                 store,
@@ -128,6 +130,23 @@ async def open_app(
                 sample_gap=2 * settings.poll_interval + 60,
                 clock=clock,
             )
+            source: Source = lists
+            if settings.source == "stream":
+                source = StreamSource(
+                    rules,
+                    hn,
+                    store,
+                    outbox,
+                    lists,
+                    every_story=settings.story_lists == ("all",),
+                    max_comments=settings.max_comments,
+                    in_flight=4 * settings.max_concurrency,
+                    stream_poll=settings.stream_poll,
+                    catchup=settings.stream_catchup,
+                    interval=settings.poll_interval,
+                    connect_timeout=settings.fetch_timeout,
+                    clock=clock,
+                )
             service = Service(
                 source,
                 hn,

@@ -169,11 +169,16 @@ async def _serve(settings: Settings, *, once: bool, stop: asyncio.Event, serving
             log.info("stopped during start-up; nothing was sent")
             return EXIT_OK
         serving.set()
+        watched = (
+            "every story"
+            if settings.story_lists == ("all",)
+            else f"{','.join(settings.story_lists)} top {settings.top_n}"
+        )
         log.info(
-            "hn-alerts %s: %s top %d %s, tiers %s, mail to %s via %s",
+            "hn-alerts %s: %s source, %s %s, tiers %s, mail to %s via %s",
             __version__,
-            ",".join(settings.story_lists),
-            settings.top_n,
+            settings.source,
+            watched,
             "once" if once else f"every {settings.poll_interval:g} s",
             ",".join(map(str, settings.comment_threshold)),
             ", ".join(settings.recipients),

@@ -202,6 +202,14 @@ class HNClient:
             raise HostileBodyError(url, problem)
         return data
 
+    async def max_item(self) -> int:
+        """The largest item id so far (``/v0/maxitem.json``); anything but an id is a :class:`HostileBodyError`."""
+        url = f"{self._base}/maxitem.json"
+        data = await self._get_json(url, -1e9)
+        if type(data) is not int or not 0 <= data <= MAX_ID:
+            raise HostileBodyError(url, "expected an item id")
+        return data
+
     async def story_ids(self, name: str) -> list[int]:
         """The ids of one story list (``topstories`` ...), in the API's order.
 

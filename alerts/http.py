@@ -46,6 +46,12 @@ class Transport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one request; return its response with the body still to be read."""
         try:
+            request.content  # noqa: B018 - raises while the body is still a stream
+        except httpx.RequestNotRead:
+            # httpx builds a followed redirect with the original body as a stream; given a stream,
+            # httpx-aiohttp sends even a GET chunked ("0" as a body), which the server reads as junk.
+            await request.aread()
+        try:
             response = await self._inner.handle_async_request(request)
         except aiohttp.ClientError as exc:
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=request) from exc

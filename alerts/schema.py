@@ -105,6 +105,12 @@ MIGRATIONS = (
     CREATE TABLE baseline_owed (story_id INTEGER PRIMARY KEY);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 4: the stream source: each item handled and the story it belongs to (NULL: none), and each
+    # watched story's count kept incrementally (its last walk plus the live comments seen since).
+    """
+    CREATE TABLE items (id INTEGER PRIMARY KEY, story INTEGER);
+    CREATE TABLE tallies (story_id INTEGER PRIMARY KEY, count INTEGER NOT NULL, at REAL NOT NULL);
+    """,
 )
 
 

@@ -177,6 +177,8 @@ def _log(report: CycleReport) -> None:
         extra += f", {report.filtered} filtered out (~{report.fetches_saved} fetches saved)"
     if report.incomplete:
         extra += f", {len(report.incomplete)} incomplete"
+    if report.position is not None:
+        extra += f", stream at item {report.position} ({report.handled} new items handled)"
     log.info(
         "cycle %d: %d stories, %d alerts, %d fetches, %.2f s%s",
         report.number,

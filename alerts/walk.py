@@ -40,6 +40,7 @@ class WalkResult:
 
     root: int
     comments: int = 0
+    older: int = 0  # the live comments whose id is below the walk's ``below`` bound
     visited: int = 0
     failed: int = 0
     unreadable: int = 0
@@ -69,6 +70,7 @@ class _Walk:
     source: ItemSource
     limit: int
     result: WalkResult
+    below: int
     seen: set[int] = field(default_factory=set)
 
     def claim(self, item_id: int) -> bool:
@@ -93,6 +95,8 @@ class _Walk:
                 return
             if is_live(item):
                 self.result.comments += 1
+                if item_id < self.below:
+                    self.result.older += 1
             fresh = [i for i in kid_ids(item) if self.claim(i)]
             del item
             if len(fresh) != 1:
@@ -133,9 +137,13 @@ class _Walk:
         return item
 
 
-async def walk_kids(source: ItemSource, root_id: int, root: Item, *, max_items: int) -> WalkResult:
-    """Count the live comments under ``root``, the item ``root_id`` already fetched."""
-    walk = _Walk(source, max_items, WalkResult(root=root_id))
+async def walk_kids(source: ItemSource, root_id: int, root: Item, *, max_items: int, below: int = 0) -> WalkResult:
+    """Count the live comments under ``root``, the item ``root_id`` already fetched.
+
+    ``below``: also count (as ``older``) the live comments with a smaller id,
+    that is, created before the item ``below``.
+    """
+    walk = _Walk(source, max_items, WalkResult(root=root_id), below)
     walk.seen.add(root_id)
     walk.limit += 1  # the root itself is not one of the walk's fetches
     await walk.fan_out([i for i in kid_ids(root) if walk.claim(i)], 1)

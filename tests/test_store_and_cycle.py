@@ -13,6 +13,7 @@ import pytest
 from alerts import ledger
 from alerts.errors import StateError
 from alerts.model import Alert, Story
+from alerts.schema import MIGRATIONS
 from alerts.store import Store
 from tests import trees
 from tests.fakehn import FakeHN
@@ -129,5 +130,5 @@ async def test_a_db_made_by_the_first_version_is_migrated_with_its_rows(tmp_path
     finally:
         await store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
     conn.close()

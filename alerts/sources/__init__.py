@@ -39,6 +39,8 @@ class CycleReport:
     incomplete: list[int] = field(default_factory=list)
     errors: list[int] = field(default_factory=list)
     counts: list[tuple[int, int]] = field(default_factory=list)
+    position: int | None = None  # the stream source: every item up to this one handled or under way ...
+    handled: int = 0  # ... and how many items it handled since the last cycle
 
 
 class Source(Protocol):

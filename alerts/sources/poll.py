@@ -83,9 +83,19 @@ class PollSource:
     async def cycle(self, number: int) -> CycleReport:
         """One poll cycle; never awaits a send."""
         report = CycleReport(number)
-        baseline = await self._baseline_cycle()
-        ids = await self._story_ids()
+        ids = await self.story_ids()
         report.stories = len(ids)
+        await self.check(ids, report)
+        return report
+
+    async def check(self, ids: list[int], report: CycleReport) -> dict[int, int]:
+        """Check these stories as one cycle does; returns the count each one stands at.
+
+        That is the count of its walk, or of its last walk when it has not
+        changed, or its ``descendants`` when it was not walked (filtered out, or
+        far below its next tier). Stories that are gone, or no stories, have none.
+        """
+        baseline = await self._baseline_cycle()
         known = _Known(
             last=await self._store.last_walks(ids),
             alerted=await self._store.alerted_tiers(ids),
@@ -95,9 +105,10 @@ class PollSource:
             baseline=baseline,
             owed=await self._store.baseline_owed() if self._use_baseline else set(),
         )
+        counts: dict[int, int] = {}
         async with asyncio.TaskGroup() as group:
             for story_id in ids:
-                group.create_task(self._check(story_id, known, report))
+                group.create_task(self._check(story_id, known, report, counts))
         if self._rules.velocity:
             await self._store.record_counts(report.counts, self._rules.velocity[1] * 60 + self._sample_gap)
         await self._store.note_watching()
@@ -105,9 +116,9 @@ class PollSource:
             await self._store.set_baseline_state("done")
             self._baseline = False
             log.info("baseline: %d stories recorded, no mail", report.baseline)
-        return report
+        return counts
 
-    async def _story_ids(self) -> list[int]:
+    async def story_ids(self) -> list[int]:
         """The head of each configured list, merged in order without repeats."""
         names = self._lists
         results = await asyncio.gather(*(self._hn.story_ids(n) for n in names), return_exceptions=True)
@@ -125,10 +136,12 @@ class PollSource:
             raise FetchError(self._api_url, "no story list could be read")
         return list(ids)
 
-    async def _check(self, story_id: int, known: _Known, report: CycleReport) -> None:
+    async def _check(self, story_id: int, known: _Known, report: CycleReport, counts: dict[int, int]) -> None:
         """Check one story; whatever goes wrong stays with this story and this cycle."""
         try:
-            await self._check_story(story_id, known, report)
+            count = await self._check_story(story_id, known, report)
+            if count is not None:
+                counts[story_id] = count
             return
         except FetchError as exc:
             report.incomplete.append(story_id)
@@ -148,13 +161,13 @@ class PollSource:
         except StateError as exc:
             log.error("story %d: baseline not recorded: %s", story_id, exc)
 
-    async def _check_story(self, story_id: int, known: _Known, report: CycleReport) -> None:
+    async def _check_story(self, story_id: int, known: _Known, report: CycleReport) -> int | None:
         item = await self._hn.item(story_id)
         if item is None or item.get("deleted") or item.get("dead"):
-            return
+            return None
         if item.get("type") not in STORY_TYPES:
             log.debug("item %d in a story list is a %s, not a story: never alerts", story_id, item.get("type"))
-            return
+            return None
         story = Story.from_item(story_id, item)
         last = known.last.get(story_id)
         state = StoryState(
@@ -174,7 +187,7 @@ class PollSource:
             else:
                 report.gated += 1  # its descendants stands for its count
             log.debug("story %d: %s", story_id, todo.why)
-            return
+            return story.descendants or 0
         if todo.action == "last":
             count, complete = state.last_count or 0, True
         else:
@@ -186,6 +199,7 @@ class PollSource:
             await self._queue(alert, verdict.baseline, report)
         if verdict.owe_baseline is not None and (verdict.owe_baseline or story_id in known.owed):
             await self._store.owe_baseline(story_id, verdict.owe_baseline)
+        return count
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
         """The story's count, and whether the walk fetched every item it tried."""

@@ -1,0 +1,327 @@
+"""The stream source end to end, in process: the real service against the fake API's event stream.
+
+Every test runs the whole app (``open_app``) with ``ALERTS_SOURCE=stream``:
+the event stream of ``/v0/maxitem.json`` (a 307, then ``put`` events),
+real SQLite, a recording sender. Items are created live on the fake API's
+one id sequence, as HN does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from alerts.app import App, open_app
+from alerts.sources import maxitem, stream
+from alerts.sources.stream import StreamSource
+from tests import trees
+from tests.conftest import settings_from
+from tests.fakehn import FakeHN
+from tests.senders import RecordingSender
+
+
+async def until(condition: Callable[[], Any], what: str, within: float = 15.0) -> None:
+    """Wait (yielding to the loop) until ``condition()`` holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def stream_env(env: dict[str, str], **extra: str) -> dict[str, str]:
+    return {**env, "ALERTS_SOURCE": "stream", "ALERTS_STREAM_POLL": "0.2", **extra}
+
+
+def source_of(app: App) -> StreamSource:
+    assert isinstance(app.source, StreamSource)
+    return app.source
+
+
+@asynccontextmanager
+async def service(env: dict[str, str], sender: RecordingSender) -> AsyncIterator[App]:
+    """The whole service running (cycles and the stream) until the block ends; then stopped, drained, closed."""
+    async with open_app(settings_from(env), sender=sender) as app:
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.service.run(stop))
+        try:
+            yield app
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+
+
+async def following(hn: FakeHN, app: App, *stories: int) -> StreamSource:
+    """Wait until the stream is open and the given stories are counted."""
+    source = source_of(app)
+    await until(lambda: source.follower.connected, "the event stream")
+    await until(lambda: all(s in source._stories and not source._stories[s].busy for s in stories), "stories")
+    return source
+
+
+async def handled(source: StreamSource, item_id: int) -> None:
+    await until(lambda: source._launched >= item_id and item_id not in source._in_flight, f"item {item_id}")
+
+
+def asked(hn: FakeHN, item_id: int) -> int:
+    return hn.requests[f"/v0/item/{item_id}.json"]
+
+
+async def test_a_crossing_comment_alerts_with_the_walked_count(hn: FakeHN, env: dict[str, str]) -> None:
+    """Tier 100 on a story of 95 live comments plus dead and deleted ones: the 5th new live one alerts, for 100.
+
+    HN's ``descendants`` (103) counts the dead and deleted; the walk does not. A dead new comment adds nothing.
+    Each new item is fetched once before the crossing; the crossing costs one walk.
+    """
+    hn.add_story(1, trees.generated(1_000, live=95, dead=5, deleted=3, depth=5, seed=1), title="Growing")
+    hn.set_list("topstories", [1])
+    sender = RecordingSender()
+    async with service(stream_env(env, ALERTS_COMMENT_THRESHOLD="100"), sender) as app:
+        source = await following(hn, app, 1)
+        assert source._stories[1].count == 95  # the join walked it: 103 is within 10% of 100
+        new = [hn.create_item(1), hn.create_item(1, dead=True), hn.create_item(1000), hn.create_item(1)]
+        await handled(source, new[-1])
+        assert sender.messages == [] and source._stories[1].count == 98
+        assert [asked(hn, i) for i in new] == [1, 1, 1, 1]
+        walks = asked(hn, 1000)
+        hn.create_item(new[0])
+        await handled(source, new[-1] + 1)
+        assert sender.messages == [] and asked(hn, 1000) == walks
+        hn.create_item(new[0])
+        await until(lambda: sender.messages, "the alert")
+        assert asked(hn, 1000) == walks + 1  # one confirming walk
+        last = hn.create_item(1)
+        await handled(source, last)
+    assert sender.mails() == [("[HN] Growing — 100 comments", "1")]
+
+
+async def test_attribution_walks_up_deep_parents_once_and_remembers_them_across_a_restart(
+    hn: FakeHN, env: dict[str, str]
+) -> None:
+    """A reply at the end of a 40-deep chain made before watching: each link fetched once, then never again."""
+    hn.add_story(1, trees.chain(100, 40))
+    hn.set_list("topstories", [1])
+    cfg = stream_env(env, ALERTS_COMMENT_THRESHOLD="1000")
+    deepest = 139
+    async with service(cfg, RecordingSender()) as app:
+        source = await following(hn, app, 1)
+        hn.reset_stats()
+        first = hn.create_item(deepest)
+        second = hn.create_item(deepest)
+        await handled(source, second)
+        assert [asked(hn, i) for i in range(100, 140)] == [1] * 40
+        assert asked(hn, 1) == 1  # the story itself, to know it is the top
+        assert source._stories[1].count == 42
+        reply = hn.create_item(first)
+        await handled(source, reply)
+        assert hn.item_requests == 40 + 1 + 3
+    hn.reset_stats()
+    async with service(cfg, RecordingSender()) as app:
+        source = await following(hn, app, 1)
+        late = hn.create_item(deepest)
+        await handled(source, late)
+        assert source._stories[1].count == 44
+    assert hn.item_requests == 1  # the chain came from the state DB
+
+
+async def test_comments_under_unwatched_stories_and_broken_parent_chains_alert_nothing(
+    hn: FakeHN, env: dict[str, str]
+) -> None:
+    """A story outside the lists, a parent pointing up, a loop of parents: nothing counted, the stream goes on."""
+    hn.add_story(1, trees.wide(100, 9), title="Watched")
+    hn.add_story(2, trees.wide(200, 50), title="Not in the list")
+    hn.set_list("topstories", [1])
+    sender = RecordingSender()
+    async with service(stream_env(env, ALERTS_COMMENT_THRESHOLD="10"), sender) as app:
+        source = await following(hn, app, 1)
+        hn.reset_stats()
+        for _ in range(3):
+            hn.create_item(2)
+        up = hostile(hn, parent=10**6)  # a parent id above its own
+        a = hostile(hn, parent=up + 2)
+        hostile(hn, parent=a)  # a and the next one are each other's parent
+        loop = hostile(hn, parent=a + 1)  # a loop of parents below it
+        own = hostile(hn, parent=hn.max_item + 1)  # its own parent
+        await handled(source, own)
+        assert 2 not in source._stories and asked(hn, 200) == 0
+        assert asked(hn, 2) == 1  # once, to learn it is a story; remembered after
+        assert source._stories[1].count == 9
+        crossing = hn.create_item(1)
+        await until(lambda: sender.messages, "the alert")
+        assert [asked(hn, i) for i in (up, loop, crossing)] == [1, 1, 2]
+    assert sender.mails() == [("[HN] Watched — 10 comments", "1")]
+
+
+def hostile(hn: FakeHN, **fields: Any) -> int:
+    """A new comment, made by hand with whatever fields."""
+    with hn.lock:
+        item_id = hn.max_item + 1
+        hn.items[item_id] = {"id": item_id, "type": "comment", "by": "x", **fields}
+    return item_id
+
+
+async def test_items_created_while_stopped_are_caught_up_and_alert_once_across_restarts(
+    hn: FakeHN, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped at 8 comments, 2 made meanwhile: the restart alerts for 10, then 12; a third start sends none."""
+    hn.add_story(1, trees.wide(100, 8), title="Busy while away")
+    hn.set_list("topstories", [1])
+    cfg = stream_env(env, ALERTS_COMMENT_THRESHOLD="10,12")
+    sender = RecordingSender()
+    async with service(cfg, sender) as app:
+        await following(hn, app, 1)
+    made = [hn.create_item(1) for _ in range(2)]
+    caplog.set_level(logging.INFO)
+    async with service(cfg, sender) as app:
+        source = await following(hn, app, 1)
+        await handled(source, made[-1])
+        await until(lambda: len(sender.messages) == 1, "the tier-10 alert")
+        made += [hn.create_item(1) for _ in range(2)]
+        await until(lambda: len(sender.messages) == 2, "the tier-12 alert")
+    assert "catching up on 2 items" in caplog.text
+    assert [asked(hn, i) for i in made[:2]] == [3, 3]  # handled once, then in the walks for 10 and 12
+    async with service(cfg, sender) as app:
+        source = await following(hn, app, 1)
+        extra = hn.create_item(1)
+        await handled(source, extra)
+    assert sender.mails() == [("[HN] Busy while away — 10 comments", "1"), ("[HN] Busy while away — 12 comments", "1")]
+
+
+async def test_catch_up_stops_at_alerts_stream_catchup(
+    hn: FakeHN, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """20 items made while stopped, ALERTS_STREAM_CATCHUP=5: the oldest 15 are skipped with a warning."""
+    hn.add_story(1, trees.wide(100, 3))
+    hn.set_list("topstories", [1])
+    cfg = stream_env(env, ALERTS_STREAM_CATCHUP="5")
+    async with service(cfg, RecordingSender()) as app:
+        await following(hn, app, 1)
+    made = [hn.create_item(1) for _ in range(20)]
+    caplog.set_level(logging.INFO)
+    async with service(cfg, RecordingSender()) as app:
+        source = await following(hn, app, 1)
+        await handled(source, made[-1])
+    assert [asked(hn, i) for i in made] == [0] * 15 + [1] * 5
+    assert "the oldest 15 are skipped (ALERTS_STREAM_CATCHUP=5)" in caplog.text
+
+
+async def test_a_refused_stream_falls_back_to_polling_then_reconnects_on_the_default_backoff(
+    hn: FakeHN, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stream refused (503) three times: maxitem is polled every ALERTS_STREAM_POLL and items still alert;
+    the fourth try (about 1 + 2 + 4 s later) opens the stream and the polling stops."""
+    hn.add_story(1, trees.wide(100, 9), title="Seen by polling")
+    hn.set_list("topstories", [1])
+    hn.refuse_streams(times=3)
+    caplog.set_level(logging.INFO)
+    sender = RecordingSender()
+    async with service(stream_env(env, ALERTS_COMMENT_THRESHOLD="10"), sender) as app:
+        source = source_of(app)
+        await until(lambda: hn.maxitem_polls >= 2, "polling")
+        await until(lambda: 1 in source._stories and not source._stories[1].busy, "story 1")
+        assert not source.follower.connected
+        hn.create_item(1)
+        await until(lambda: sender.messages, "the alert found by polling")
+        started = time.monotonic()
+        await until(lambda: source.follower.connected, "the stream back", within=20)
+        assert time.monotonic() - started < 9
+        polls = hn.maxitem_polls
+        item = hn.create_item(1)
+        await handled(source, item)
+        assert hn.maxitem_polls <= polls + 1
+    assert "event stream down (HTTP 503): polling" in caplog.text
+    assert "event stream up" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["cut", "cancel", "auth_revoked", "silence", "huge line", "bad put"])
+async def test_the_stream_reconnects_after_every_kind_of_failure(
+    hn: FakeHN, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """After a cut, a cancel, a revoked auth, silence past the limit, a line over 64 KiB or a put holding
+    no id, the stream comes back and items made after it are handled."""
+    monkeypatch.setattr(maxitem, "SILENCE", 0.5)
+    hn.keepalive_interval = None
+    hn.add_story(1, trees.wide(100, 3))
+    hn.set_list("topstories", [1])
+    async with service(stream_env(env), RecordingSender()) as app:
+        source = await following(hn, app, 1)
+        if fault == "cut":
+            await asyncio.to_thread(hn.cut_streams)
+        elif fault in ("cancel", "auth_revoked"):
+            hn.stream_event(fault, None)
+        elif fault == "silence":
+            hn.silence_streams()
+        elif fault == "huge line":
+            hn.stream_write(b"data: " + b"9" * 100_000 + b"\n\n")
+        else:
+            hn.stream_event("put", raw_data='{"path": "/", "data": "not an id"}')
+            hn.stream_event("put", raw_data="[" * 100_000)
+        if fault != "bad put":
+            await until(lambda: hn.stream_connections >= 2 and source.follower.connected, "a new stream")
+        item = hn.create_item(1)
+        await handled(source, item)
+        assert source._stories[1].count == 4
+
+
+async def test_a_fresh_item_still_null_is_asked_again(
+    hn: FakeHN, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new comment null for its first 3 asks is counted; one null for good is missing after the waits."""
+    monkeypatch.setattr(stream, "NULL_WAITS", (0.01, 0.01, 0.01, 0.01))
+    hn.add_story(1, trees.wide(100, 3))
+    hn.set_list("topstories", [1])
+    async with service(stream_env(env), RecordingSender()) as app:
+        source = await following(hn, app, 1)
+        late = hn.create_item(1, null_requests=3)
+        await handled(source, late)
+        assert asked(hn, late) == 4 and source._stories[1].count == 4
+        gone = hn.create_item(1, null_requests=100)
+        await handled(source, gone)
+        assert asked(hn, gone) == 5 and source._stories[1].count == 4
+
+
+async def test_all_takes_old_stories_as_a_baseline_and_new_ones_alert_on_every_tier(
+    hn: FakeHN, env: dict[str, str]
+) -> None:
+    """ALERTS_STORY_LISTS=all, tiers 3,5. Story 1 (made before watching, 4 comments): tier 3 is a baseline,
+    its 5th comment alerts for 5. A story made while watching alerts for 3 and for 5."""
+    hn.add_story(1, trees.wide(100, 4), title="Old")
+    sender = RecordingSender()
+    cfg = stream_env(env, ALERTS_STORY_LISTS="all", ALERTS_COMMENT_THRESHOLD="3,5")
+    async with service(cfg, sender) as app:
+        source = await following(hn, app)
+        hn.create_item(100)
+        await until(lambda: sender.messages, "the old story's tier 5")
+        new = hn.create_item(title="New")
+        comments = [hn.create_item(new) for _ in range(2)]
+        comments.append(hn.create_item(comments[0]))
+        await until(lambda: len(sender.messages) == 2, "the new story's tier 3")
+        comments += [hn.create_item(new), hn.create_item(comments[-1])]
+        await until(lambda: len(sender.messages) == 3, "the new story's tier 5")
+        await handled(source, comments[-1])
+    assert sender.mails() == [
+        ("[HN] Old — 5 comments", "1"),
+        ("[HN] New — 3 comments", str(new)),
+        ("[HN] New — 5 comments", str(new)),
+    ]
+
+
+async def test_once_catches_up_from_where_the_last_run_stopped(hn: FakeHN, env: dict[str, str]) -> None:
+    """Under cron: the first --once records the position; the next one handles what came since and alerts."""
+    hn.add_story(1, trees.wide(100, 9), title="Cron")
+    hn.set_list("topstories", [1])
+    cfg = stream_env(env, ALERTS_COMMENT_THRESHOLD="10")
+    sender = RecordingSender()
+    async with open_app(settings_from(cfg), sender=sender) as app:
+        assert await app.service.run_once()
+    made = hn.create_item(1)
+    async with open_app(settings_from(cfg), sender=sender) as app:
+        assert await app.service.run_once()
+    assert sender.mails() == [("[HN] Cron — 10 comments", "1")]
+    assert asked(hn, made) == 2
