@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,10 @@ from alerts.app import App, open_app
 from alerts.sources import maxitem, stream
 from alerts.sources.stream import StreamSource
 from tests import trees
-from tests.conftest import settings_from
+from tests.conftest import settings_from, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
 from tests.senders import RecordingSender
+from tests.smtpserver import SmtpServer
 
 
 async def until(condition: Callable[[], Any], what: str, within: float = 15.0) -> None:
@@ -325,3 +328,51 @@ async def test_once_catches_up_from_where_the_last_run_stopped(hn: FakeHN, env: 
         assert await app.service.run_once()
     assert sender.mails() == [("[HN] Cron — 10 comments", "1")]
     assert asked(hn, made) == 2
+
+
+async def test_velocity_counts_the_comments_that_arrived_within_the_window(hn: FakeHN, env: dict[str, str]) -> None:
+    """ALERTS_VELOCITY=3/10 with a tier far away: the third comment within ten minutes sends one heating-up alert."""
+    hn.add_story(1, trees.wide(100, 5), title="Heating")
+    hn.set_list("topstories", [1])
+    sender = RecordingSender()
+    async with service(stream_env(env, ALERTS_COMMENT_THRESHOLD="500", ALERTS_VELOCITY="3/10"), sender) as app:
+        source = await following(hn, app, 1)
+        made = [hn.create_item(1), hn.create_item(1)]
+        await handled(source, made[-1])
+        assert sender.messages == []
+        made.append(hn.create_item(made[0]))
+        await until(lambda: sender.messages, "the velocity alert")
+        made.append(hn.create_item(1))
+        await handled(source, made[-1])
+    assert len(sender.messages) == 1
+    assert "heating up" in str(sender.messages[0]["Subject"]).lower() or "+3" in sender.messages[0].as_string()
+
+
+def test_sigterm_stops_the_stream_source_cleanly_and_a_restart_sends_nothing_twice(
+    hn: FakeHN, smtp: SmtpServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`alerts run` with the stream source and the real SMTP server: a crossing mails once, SIGTERM exits 0
+    within 2 s with no destroyed task, and a second start catches up without mailing it again."""
+    hn.add_story(1, trees.wide(100, 9), title="Process")
+    hn.set_list("topstories", [1])
+    cfg = with_smtp(stream_env(env, ALERTS_COMMENT_THRESHOLD="10", ALERTS_LOG_LEVEL="DEBUG"), smtp)
+    for run in range(2):
+        proc = start_cli(["run"], cfg, tmp_path)
+        try:
+            wait_for(lambda: hn.open_streams == 1, what="the event stream")
+            if run == 0:
+                hn.create_item(1)
+                wait_for(lambda: len(smtp.received) == 1, what="the alert")
+            else:
+                hn.create_item(1)
+                wait_for(lambda: hn.requests[f"/v0/item/{hn.max_item}.json"] >= 1, what="the new item fetched")
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert time.monotonic() - started < 3
+        assert "Task was destroyed" not in err and "Traceback" not in err
+    assert smtp.subjects() == ["[HN] Process — 10 comments"]
