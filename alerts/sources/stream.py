@@ -231,7 +231,8 @@ class StreamSource:
                     log.info("stream: catching up on %d items created since item %d", behind, last)
                 self._skip = await self._store.run(tallies.handled_between, last + 1, max(largest, last))
             await self._store.run(tallies.start, first, last)
-            await self._store.note_watching()
+            if self._every:  # with lists, the first check does it: a baseline cycle must still find the DB empty
+                await self._store.note_watching()
             self._first, self._launched, self._saved = first, last, last
             self._target = max(largest, last)
             self._started = True
