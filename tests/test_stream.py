@@ -379,15 +379,15 @@ def test_sigterm_stops_the_stream_source_cleanly_and_a_restart_sends_nothing_twi
 
 
 async def test_alerts_baseline_holds_for_the_stream_source_too(hn: FakeHN, env: dict[str, str]) -> None:
-    """ALERTS_BASELINE=true on an empty DB: a story already past 5 sends nothing; its crossing of 7 mails."""
+    """ALERTS_BASELINE=true on an empty DB: a story already past 5 sends nothing; its crossing of 8 mails."""
     hn.add_story(1, trees.wide(100, 6), title="Already busy")
     hn.set_list("topstories", [1])
     sender = RecordingSender()
-    async with service(stream_env(env, ALERTS_COMMENT_THRESHOLD="5,7", ALERTS_BASELINE="true"), sender) as app:
+    async with service(stream_env(env, ALERTS_COMMENT_THRESHOLD="5,8", ALERTS_BASELINE="true"), sender) as app:
         source = await following(hn, app, 1)
         first = hn.create_item(1)
         await handled(source, first)
         assert sender.messages == []
         hn.create_item(1)
-        await until(lambda: sender.messages, "the tier-7 alert")
-    assert sender.mails() == [("[HN] Already busy — 7 comments", "1")]
+        await until(lambda: sender.messages, "the tier-8 alert")
+    assert sender.mails() == [("[HN] Already busy — 8 comments", "1")]
