@@ -6,26 +6,31 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
-
-from alerts.config import Settings
-from alerts.delivery import FileSender, Sender, SmtpSender, smtp_tls_context
 from alerts.hn import HNClient, RetryPolicy
-from alerts.http import make_client
-from alerts.mail import Renderer
-from alerts.outbox import Outbox
 from alerts.rules import Rules
-from alerts.service import Service
-from alerts.sources import Source
-from alerts.sources.poll import PollSource
-from alerts.sources.stream import StreamSource
-from alerts.store import Store
-from alerts.tasks import TaskRegistry
+
+if TYPE_CHECKING:
+    import httpx
+
+    from alerts.config import Settings
+    from alerts.delivery import Sender
+    from alerts.mail import Renderer
+    from alerts.outbox import Outbox
+    from alerts.service import Service
+    from alerts.sources import Source
+    from alerts.store import Store
+    from alerts.tasks import TaskRegistry
+
+# `alerts check` builds only the HN client: the service's modules (mail and its templates, SMTP,
+# the state DB, the outbox) are imported by the functions that need them, so its start-up stays light.
 
 
 def make_renderer(settings: Settings) -> Renderer:
     """The mail renderer, templates loaded and tried once."""
+    from alerts.mail import Renderer
+
     renderer = Renderer(settings.templates_dir, sender=settings.sender, recipients=settings.recipients)
     renderer.check()
     return renderer
@@ -33,6 +38,8 @@ def make_renderer(settings: Settings) -> Renderer:
 
 def make_sender(settings: Settings) -> Sender:
     """SMTP when ``ALERTS_SMTP_HOST`` is set, else .eml files in ``ALERTS_OUTBOX_DIR``."""
+    from alerts.delivery import FileSender, SmtpSender, smtp_tls_context
+
     if settings.smtp_host:
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         return SmtpSender(
@@ -97,6 +104,14 @@ async def open_app(
 
     ``sender`` and the wall ``clock`` can be swapped (tests).
     """
+    from alerts.http import make_client
+    from alerts.outbox import Outbox
+    from alerts.service import Service
+    from alerts.sources.poll import PollSource
+    from alerts.sources.stream import StreamSource
+    from alerts.store import Store
+    from alerts.tasks import TaskRegistry
+
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
     async with make_client(settings.max_concurrency) as http:

@@ -199,12 +199,14 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event, serving: asyncio.Event)
 
 
 async def _check(settings: Settings, item_id: int, *, as_json: bool) -> int:
-    from alerts.app import make_hn_client
+    from alerts.app import make_hn_client  # light: the service's own modules load only with open_app
     from alerts.http import make_client
     from alerts.walk import walk_kids
 
     started = time.perf_counter()
-    async with make_client(settings.max_concurrency) as http:
+    # Only the API's own URLs are asked, and no redirect is followed: an http:// API needs no TLS context.
+    tls = not settings.hn_api_url.lower().startswith("http:")
+    async with make_client(settings.max_concurrency, tls=tls) as http:
         hn = make_hn_client(settings, http)
         try:
             root = await hn.item(item_id)

@@ -8,26 +8,22 @@ shell never leaks into a test; everything else receives a frozen
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import itertools
 import os
 import re
-import ssl
 from collections.abc import Mapping
-from datetime import time
-from email.utils import parseaddr
-from importlib import resources
+from datetime import UTC, time, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
-import re2
 from pydantic import Field, SecretStr, SkipValidation, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from alerts.errors import ConfigError
+
+# Start-up: every command loads these settings before it does anything, so what only some values
+# need (RE2 for a pattern, zoneinfo for a zone, ssl for a CA file, httpx for a URL) is imported where
+# it is used, and only when that value is set.
 
 PREFIX = "ALERTS_"
 STORY_LISTS = ("topstories", "newstories", "beststories", "askstories", "showstories")
@@ -54,6 +50,8 @@ class TitlePattern(Protocol):
 
 def compile_title_pattern(pattern: str) -> TitlePattern:
     """Compile ``pattern`` case-insensitively with RE2; ``ValueError`` with RE2's reason if it cannot."""
+    import re2
+
     options = re2.Options()
     options.case_sensitive = False
     options.log_errors = False  # RE2 would print its own line on stderr; ours names the variable
@@ -97,6 +95,8 @@ def _split(value: Any) -> Any:
 
 def _check_address(value: str) -> str:
     """Return ``value`` if it is one plain address such as ``me@example.com``."""
+    from email.utils import parseaddr
+
     if _CONTROL.search(value):
         raise ValueError(f"{value!r} holds a control character")
     _name, addr = parseaddr(value)
@@ -112,6 +112,8 @@ def _check_address(value: str) -> str:
 
 def shipped_templates() -> Path:
     """The templates that ship with the package (wheel) or sit beside it (checkout)."""
+    from importlib import resources
+
     packaged = Path(str(resources.files("alerts"))) / "templates"
     if packaged.is_dir():
         return packaged
@@ -177,7 +179,7 @@ class Settings(BaseSettings):
     baseline: bool = False
     digest: bool = False
     quiet_hours: Annotated[tuple[time, time] | None, SkipValidation] = None
-    timezone: Annotated[ZoneInfo, SkipValidation] = ZoneInfo("UTC")
+    timezone: Annotated[tzinfo, SkipValidation] = UTC  # a ZoneInfo once ALERTS_TIMEZONE is set
 
     @field_validator("title_include", "title_exclude", mode="before")
     @classmethod
@@ -188,6 +190,8 @@ class Settings(BaseSettings):
     @classmethod
     def _ca_file(cls, value: Path | None) -> Path | None:
         if value is not None:
+            import ssl
+
             try:
                 ssl.create_default_context().load_verify_locations(cafile=str(value))
             except (OSError, ssl.SSLError) as exc:
@@ -210,6 +214,8 @@ class Settings(BaseSettings):
     def _zone(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
         try:
             return ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -218,6 +224,8 @@ class Settings(BaseSettings):
     @field_validator("hn_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
+        import httpx
+
         try:
             url = httpx.URL(value)
         except Exception as exc:
@@ -330,6 +338,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | None 
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host.lower() in ("localhost", "localhost.localdomain"):
         return True
     try:
@@ -371,4 +381,8 @@ def unknown_variables(*sources: Mapping[str, str]) -> list[tuple[str, str | None
     """ALERTS_* names in ``sources`` that are no setting (likely typos), each with the closest valid name."""
     known = sorted(PREFIX + name.upper() for name in Settings.model_fields)
     names = sorted({k for source in sources for k in source if k.startswith(PREFIX) and k not in known})
+    if not names:
+        return []
+    import difflib
+
     return [(name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None)) for name in names]

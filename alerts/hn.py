@@ -25,22 +25,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-)
 
 from alerts import __version__
 from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.http import BodyError, describe_error, read_body
 from alerts.limiter import PriorityLimiter
 from alerts.model import MAX_ID, Item
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +227,9 @@ class HNClient:
                 raise
             first = exc
         await self._pause(1, first)
+        # Imported here, at the first failure: most runs never need it, and every start-up would pay for it.
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts - 1) | stop_after_delay(self._retry.deadline),
             wait=lambda state: self._retry.delay(state.attempt_number + 1, _error(state)),

@@ -13,8 +13,11 @@ says what a transport error was (DNS, refused, TLS, timeout ...).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import zlib
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar
+from typing import Any
 
 import aiohttp
 import httpx
@@ -39,12 +42,19 @@ class Transport(httpx.AsyncBaseTransport):
     the original as its cause.
     """
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, *, tls: bool = True) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._inner = AiohttpTransport(limits=limits)
+        # Loading the certificate authorities takes about 15 ms of start-up: skip it where no https URL is
+        # asked for. What it would get instead is a context that trusts no one, and it is never used:
+        # handle_async_request refuses https first.
+        verify: ssl.SSLContext | bool = True if tls else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._tls = tls
+        self._inner = AiohttpTransport(limits=limits, verify=verify)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one request; return its response with the body still to be read."""
+        if not self._tls and request.url.scheme == "https":
+            raise httpx.UnsupportedProtocol(f"{request.url}: https on a client made without TLS", request=request)
         try:
             request.content  # noqa: B018 - raises while the body is still a stream
         except httpx.RequestNotRead:
@@ -88,14 +98,55 @@ class _MappedStream(httpx.AsyncByteStream):
             raise httpx.TransportError(f"{type(exc).__name__}: {exc}", request=self._request) from exc
 
 
-def make_client(max_connections: int) -> httpx.AsyncClient:
+class _ResponseCookies(httpx.Cookies):
+    """httpx's cookie jar, which looks at a response only when it sets a cookie.
+
+    httpx hands every response to the jar, which first wraps the request
+    and the response in urllib's types (the URL parsed again, an
+    ``email.message.Message`` of every header): about a tenth of the CPU of
+    a request, for an API that sets no cookie. A response without
+    ``Set-Cookie`` or ``Set-Cookie2`` adds nothing to the jar either way
+    (``http.cookiejar`` finds no cookie in it), so skipping it changes nothing.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Store the cookies ``response`` sets, if it sets any."""
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+class Client(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` whose cookie jar skips the responses that set no cookie (:class:`_ResponseCookies`).
+
+    Everything else is httpx's own: requests, redirects, auth, event hooks,
+    and cookies for whoever sets them.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cookies = self.cookies  # through the setter below: the jar httpx made, and its cookies, become ours
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Cookie values to include when sending requests (as httpx's)."""
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: httpx.Cookies | CookieJar | dict[str, str] | list[tuple[str, str]]) -> None:
+        self._cookies = _ResponseCookies(cookies)
+
+
+def make_client(max_connections: int, *, tls: bool = True) -> httpx.AsyncClient:
     """The one ``httpx.AsyncClient`` the service shares for every HN request, the event stream included.
 
-    Over :class:`Transport`; redirects are not followed unless a request asks
+    A :class:`Client` over :class:`Transport`; redirects are not followed unless a request asks
     (the event stream does), and the environment's proxy settings are not
-    read: they would route requests around this transport.
+    read: they would route requests around this transport. ``tls=False``
+    saves building a TLS context for a client that asks only ``http://``
+    URLs (``alerts check`` follows no redirect); it refuses ``https://``.
     """
-    return httpx.AsyncClient(transport=Transport(max_connections), trust_env=False)
+    return Client(transport=Transport(max_connections, tls=tls), trust_env=False)
 
 
 class BodyError(ValueError):

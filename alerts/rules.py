@@ -8,17 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, tzinfo
 from typing import TYPE_CHECKING, Literal
-from zoneinfo import ZoneInfo
 
 from alerts.model import Alert, Story
 
 if TYPE_CHECKING:
     from alerts.config import TitlePattern
-
-
-UTC_ZONE = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -31,7 +27,7 @@ class Rules:
     exclude: TitlePattern | None = None
     velocity: tuple[int, int] | None = None  # (comments, minutes)
     quiet_hours: tuple[time, time] | None = None
-    zone: ZoneInfo = UTC_ZONE
+    zone: tzinfo = UTC  # ALERTS_TIMEZONE: a ZoneInfo when set
 
     def filtered_out(self, story: Story) -> str | None:
         """Why ``story`` may not alert (score, include, exclude), or ``None`` when it may."""

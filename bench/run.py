@@ -282,10 +282,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 rounds, no sweep (a smoke run)")
+    parser.add_argument("--only", choices=["cpu"], help="only CPU per request at 20 ms (bench/out/cpu.json)")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.only == "cpu":
+        with tempfile.TemporaryDirectory() as tmp, Api(0.02) as api:
+            results["cpu_20ms"] = cpu_per_request(api, rounds, Path(tmp))
+        _write(results, OUT / "cpu.json")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         with Api(0.08) as api:
@@ -312,7 +318,10 @@ def main() -> None:
             results["big_hn_like_0_20ms"] = big_walk(api, 0.02, rounds, scratch, "big_hn_like_0")
             results["cpu_20ms"] = cpu_per_request(api, rounds, scratch)
             results["memory"] = memory(api, scratch)
-    path = OUT / "results.json"
+    _write(results, OUT / "results.json")
+
+
+def _write(results: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
     print(f"written to {path}", file=sys.stderr)
