@@ -242,12 +242,12 @@ async def test_a_refused_stream_falls_back_to_polling_then_reconnects_on_the_def
     assert "event stream up" in caplog.text
 
 
-@pytest.mark.parametrize("fault", ["cut", "cancel", "auth_revoked", "silence", "huge line", "bad put"])
+@pytest.mark.parametrize("fault", ["cut", "cancel", "auth_revoked", "silence", "huge line", "endless event", "bad put"])
 async def test_the_stream_reconnects_after_every_kind_of_failure(
     hn: FakeHN, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
-    """After a cut, a cancel, a revoked auth, silence past the limit, a line over 64 KiB or a put holding
-    no id, the stream comes back and items made after it are handled."""
+    """After a cut, a cancel, a revoked auth, silence past the limit, a line or an event over 64 KiB or a
+    put holding no id, the stream comes back and items made after it are handled."""
     monkeypatch.setattr(maxitem, "SILENCE", 0.5)
     hn.keepalive_interval = None
     hn.add_story(1, trees.wide(100, 3))
@@ -262,6 +262,8 @@ async def test_the_stream_reconnects_after_every_kind_of_failure(
             hn.silence_streams()
         elif fault == "huge line":
             hn.stream_write(b"data: " + b"9" * 100_000 + b"\n\n")
+        elif fault == "endless event":
+            hn.stream_write(b"data: 9\n" * 20_000)  # short lines, never a blank one
         else:
             hn.stream_event("put", raw_data='{"path": "/", "data": "not an id"}')
             hn.stream_event("put", raw_data="[" * 100_000)

@@ -3,7 +3,8 @@
 Firebase answers ``Accept: text/event-stream`` with a 307 to a stream
 server, then sends a ``put`` event whose ``data`` holds the new largest id
 each time HN creates an item, and a ``keep-alive`` about every 30 s. On
-``cancel``, ``auth_revoked``, an error, the end of the stream or silence
+``cancel``, ``auth_revoked``, an error, the end of the stream, an event
+over 64 KiB or silence
 past :data:`SILENCE` seconds the follower reconnects with exponential
 backoff and jitter; while the stream is down it polls the same URL as plain
 JSON every ``poll_every`` seconds, so new items are still seen.
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 SILENCE = 60.0
 #: The transport's read timeout on the stream: above the keep-alive interval, past the silence watchdog.
 READ_TIMEOUT = 90.0
-#: The longest line of the event stream accepted; a longer one is a broken (or hostile) stream.
-MAX_LINE = 65_536
+#: The largest event of the stream accepted (its lines together); a larger one is a broken (or hostile) stream.
+MAX_EVENT = 65_536
 #: Reconnection waits: the first, and the most.
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 60.0
@@ -135,7 +136,7 @@ class MaxItemFollower:
                 response = source.response
                 if response.status_code != 200:
                     raise StreamDown(f"HTTP {response.status_code}")
-                response.stream = _CappedLines(response.stream, MAX_LINE)
+                response.stream = _CappedEvents(response.stream, MAX_EVENT)
                 async for event in source.aiter_sse():
                     silence.reschedule(loop.time() + SILENCE)
                     self._events += 1
@@ -194,8 +195,15 @@ def _largest_id(data: str) -> int | None:
     return largest
 
 
-class _CappedLines(httpx.AsyncByteStream):
-    """A response body that ends the stream when a line grows past ``limit`` bytes (memory stays bounded)."""
+_BLANK_LINES = (b"\n\n", b"\r\r", b"\r\n\r\n")
+
+
+class _CappedEvents(httpx.AsyncByteStream):
+    """A response body that ends the stream when one event grows past ``limit`` bytes (memory stays bounded).
+
+    An event ends with a blank line; the bytes since the last one are what
+    the SSE decoder holds, however they are split into lines.
+    """
 
     def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, limit: int) -> None:
         if not isinstance(inner, httpx.AsyncByteStream):
@@ -204,12 +212,15 @@ class _CappedLines(httpx.AsyncByteStream):
         self._limit = limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        open_line = 0
+        held = 0  # bytes since the last blank line
+        tail = b""  # the end of the previous chunk, for a blank line split across two chunks
         async for chunk in self._inner:
-            end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-            open_line = open_line + len(chunk) if end < 0 else len(chunk) - end - 1
-            if open_line > self._limit:
-                raise StreamDown(f"a line of the event stream over {self._limit} bytes")
+            window = tail + chunk
+            cut = max((i + len(sep) for sep in _BLANK_LINES if (i := window.rfind(sep)) >= 0), default=-1)
+            held = held + len(chunk) if cut <= len(tail) else len(window) - cut
+            if held > self._limit:
+                raise StreamDown(f"an event of the stream over {self._limit} bytes")
+            tail = window[-3:]
             yield chunk
 
     async def aclose(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -125,6 +126,8 @@ class StreamSource:
         self._in_flight: set[int] = set()
         self._skip: set[int] = set()  # ids handled before a restart
         self._begun = asyncio.Lock()
+        self._launching = asyncio.Lock()
+        self._down_logged = -math.inf  # when a fetch failure was last logged as a warning
         self._started = False
         self._first = 0  # the largest id when watching began
         self._launched = 0  # every id up to this one has been started
@@ -143,9 +146,9 @@ class StreamSource:
 
     async def follow(self) -> None:
         """Follow new items until cancelled."""
-        await self._begin_until_it_works()
-        self._following = True
+        self._following = True  # from now on only follow() launches items: cycles never open a group of their own
         try:
+            await self._begin_until_it_works()
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 group.create_task(self.follower.run())
@@ -216,6 +219,9 @@ class StreamSource:
                 log.info("stream: watching from item %d on", largest)
             else:
                 first, last = position.first if position.first is not None else position.last, position.last
+                if last > largest:
+                    log.warning("stream: saved position %d is past HN's largest id %d: going on from it", last, largest)
+                    last = largest
                 behind = largest - last
                 if behind > self._catchup:
                     log.warning(
@@ -253,18 +259,28 @@ class StreamSource:
 
     async def _launch(self) -> None:
         """Start a handler for every id up to the target, a bounded number at a time."""
+        async with self._launching:
+            await self._launch_all()
+
+    async def _launch_all(self) -> None:
         group = self._group
         if group is None:  # pragma: no cover - only called with a group open
             raise RuntimeError("no task group to handle items in")
         behind = self._target - self._launched
         if behind > self._catchup:
+            if not await self._served(self._target):
+                log.warning("stream: largest id %d announced but not served by HN: ignored", self._target)
+                self._target = self._launched
+                return
             log.warning(
-                "stream: %d new items at once; the oldest %d are skipped (ALERTS_STREAM_CATCHUP=%d)",
+                "stream: %d new items at once; the oldest %d are skipped (ALERTS_STREAM_CATCHUP=%d),"
+                " and every count is taken again from a walk",
                 behind,
                 behind - self._catchup,
                 self._catchup,
             )
             self._launched = self._target - self._catchup
+            await self._recount()
         while self._launched < self._target:
             item_id = self._launched + 1
             if item_id in self._skip:
@@ -277,20 +293,37 @@ class StreamSource:
             self._waiting[item_id] = asyncio.get_running_loop().create_future()
             group.create_task(self._handle(item_id))
 
+    async def _served(self, item_id: int) -> bool:
+        """Whether HN serves item ``item_id`` (a jump past the catch-up is believed only then)."""
+        try:
+            return await self._hn.item(item_id, priority=FIRST) is not None
+        except FetchError as exc:
+            log.warning("stream: item %d not read: %s", item_id, exc.reason)
+            return False
+
+    async def _recount(self) -> None:
+        """Items were skipped: every running count may be short. Each story is walked again."""
+        await self._store.run(tallies.forget_all)
+        for story in self._stories.values():
+            story.retry = True
+
     async def _handle(self, item_id: int) -> None:
         story: int | None = None
         try:
             story = await self._handle_item(item_id)
+        except asyncio.CancelledError:
+            # Not handled: it stays in flight, so the position saved on the way out stays below it.
+            self._slots.release()
+            raise
         except Exception as exc:
             log.error("item %d not handled: %r", item_id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             self._rows.append((item_id, None, None))
-        finally:
-            self._settle(item_id, story)
-            self._in_flight.discard(item_id)
-            self._slots.release()
-            self._dirty.set()
-            self.handled += 1
-            self.last_handled = time.monotonic()
+        self._settle(item_id, story)
+        self._in_flight.discard(item_id)
+        self._slots.release()
+        self._dirty.set()
+        self.handled += 1
+        self.last_handled = time.monotonic()
 
     async def _handle_item(self, item_id: int) -> int | None:
         """Fetch a new item, find its story, count it; returns its story."""
@@ -328,7 +361,7 @@ class StreamSource:
             except FetchError as exc:
                 wait = DOWN_WAITS[min(downs, len(DOWN_WAITS) - 1)]
                 downs += 1
-                log.warning("item %d not fetched (%s); trying again in %g s", item_id, exc.reason, wait)
+                self._log_down("item %d not fetched (%s); trying again in %g s", item_id, exc.reason, wait)
                 await self._sleep(wait)
                 continue
             if item is not None:
@@ -338,6 +371,14 @@ class StreamSource:
                 log.info("item %d still null after 60 s: counted as missing", item_id)
                 return None
             await self._sleep(pause)
+
+    def _log_down(self, message: str, *args: object) -> None:
+        """A fetch failure: a warning at most once a minute (HN down fails every item in flight), else debug."""
+        now = time.monotonic()
+        loud = now - self._down_logged >= 60
+        if loud:
+            self._down_logged = now
+        log.log(logging.WARNING if loud else logging.DEBUG, message, *args)
 
     def _settle(self, item_id: int, story: int | None) -> None:
         """``item_id`` belongs to ``story``: remember it, and wake whoever waits for that answer."""
@@ -360,10 +401,10 @@ class StreamSource:
         while True:
             try:
                 return await self._attribute(parent, child)
-            except FetchError as exc:
+            except (FetchError, StateError) as exc:
                 wait = DOWN_WAITS[min(downs, len(DOWN_WAITS) - 1)]
                 downs += 1
-                log.warning("item %d: parent %d not fetched (%s); again in %g s", child, parent, exc.reason, wait)
+                self._log_down("item %d: parent %d not found out (%s); again in %g s", child, parent, exc, wait)
                 await self._sleep(wait)
 
     async def _attribute(self, parent: int, child: int) -> int | None:
@@ -375,6 +416,21 @@ class StreamSource:
         never wait for each other.
         """
         chain: list[int] = []
+        try:
+            story = await self._climb(parent, child, chain)
+        except BaseException:
+            for link in chain:  # nothing remembered: whoever waits asks again
+                future = self._waiting.pop(link, None)
+                if future is not None and not future.done():
+                    future.set_result(ASK_AGAIN)
+            raise
+        for link in chain:
+            self._settle(link, story)
+            self._known.append((link, story))
+        return story
+
+    async def _climb(self, parent: int, child: int, chain: list[int]) -> int | None:
+        """Walk up from ``parent``; each link this call claims is appended to ``chain``."""
         story: int | None = None
         current, below = parent, child
         while True:
@@ -388,12 +444,9 @@ class StreamSource:
             chain.append(current)  # ours to find out: others asking for it wait for our answer
             try:
                 item = await self._hn.item(current)
-            except FetchError:
-                for link in chain:  # nothing remembered: whoever waits asks again
-                    future = self._waiting.pop(link, None)
-                    if future is not None and not future.done():
-                        future.set_result(ASK_AGAIN)
-                raise
+            except (MalformedItemError, RejectedFetchError) as exc:
+                log.warning("item %d: parent %d unreadable, no story: %s", child, current, exc.reason)
+                break  # asking again will not mend it: remembered as no story
             if item is None:
                 break
             if item.get("type") in STORY_TYPES:
@@ -403,9 +456,6 @@ class StreamSource:
             if not isinstance(up, int):
                 break
             current, below = up, current
-        for link in chain:
-            self._settle(link, story)
-            self._known.append((link, story))
         return story
 
     async def _lookup(self, item_id: int) -> tuple[bool, int | None]:
@@ -418,7 +468,12 @@ class StreamSource:
             return (True, story) if story != ASK_AGAIN else await self._lookup(item_id)
         mine: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._waiting[item_id] = mine
-        stored = await self._store.run(tallies.stories_of, [item_id])
+        try:
+            stored = await self._store.run(tallies.stories_of, [item_id])
+        except BaseException:
+            self._waiting.pop(item_id, None)
+            mine.set_result(ASK_AGAIN)
+            raise
         if item_id in stored:
             self._settle(item_id, stored[item_id])
             return True, stored[item_id]
@@ -445,10 +500,8 @@ class StreamSource:
             self._spawn(self._load(story_id, story))
         story.touched = time.monotonic()
         if self._rules.velocity:
-            story.arrivals.append(when)
-            start = self._clock() - self._rules.velocity[1] * 60
-            while story.arrivals and story.arrivals[0] < start:
-                story.arrivals.popleft()
+            story.arrivals.append(min(when, self._clock()))  # HN's clock may run ahead of ours
+            self._trim(story)
         if story.busy:
             story.extra += 1
             return
@@ -497,10 +550,18 @@ class StreamSource:
         upcoming = next_tier(self._rules.tiers, story.alerted)
         due = story.owed or story.retry or (upcoming is not None and story.count >= upcoming)
         if not due and self._rules.velocity and not story.heated:
-            due = len(story.arrivals) >= self._rules.velocity[0]
+            due = self._trim(story) >= self._rules.velocity[0]
         if due and self._group is not None:  # else the next cycle takes it (see _reconsider)
             story.busy = True
             self._spawn(self._confirm(story_id, story))
+
+    def _trim(self, story: _Story) -> int:
+        """Forget arrivals older than the velocity window; returns how many are left."""
+        if self._rules.velocity:
+            start = self._clock() - self._rules.velocity[1] * 60
+            while story.arrivals and story.arrivals[0] < start:
+                story.arrivals.popleft()
+        return len(story.arrivals)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         if self._group is None:
@@ -565,10 +626,9 @@ class StreamSource:
         alerts = list(verdict.alerts)
         if self._rules.velocity and not story.heated and result.complete:
             need, minutes = self._rules.velocity
-            if len(story.arrivals) >= need:
-                alerts.append(
-                    Alert(facts, 0, result.comments, kind="velocity", gain=len(story.arrivals), minutes=minutes)
-                )
+            gain = self._trim(story)
+            if gain >= need:
+                alerts.append(Alert(facts, 0, result.comments, kind="velocity", gain=gain, minutes=minutes))
         for alert in alerts:
             await queue_alert(alert, False, self._store, self._outbox, self._between)
             if alert.kind == "velocity":
@@ -616,6 +676,9 @@ class StreamSource:
                 self._stories.pop(story_id, None)
                 continue
             story.count, story.alerted, story.heated = base, alerted.get(story_id), story_id in heated
+            if story_id in report.incomplete:  # a lower bound: walked again next cycle, as the log says
+                story.retry = True
+                story.recheck_at = time.monotonic() + self._interval
             if story_id not in stored:
                 await self._store.run(tallies.set_tally, story_id, base + story.extra, now)
             self._done(story_id, story)
