@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alerts.hn import HNClient, RetryPolicy
-from alerts.rules import Rules
 
 if TYPE_CHECKING:
     import httpx
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
     from alerts.delivery import Sender
     from alerts.mail import Renderer
     from alerts.outbox import Outbox
+    from alerts.rules import Rules
     from alerts.service import Service
     from alerts.sources import Source
     from alerts.store import Store
@@ -71,6 +71,8 @@ def make_hn_client(settings: Settings, client: httpx.AsyncClient) -> HNClient:
 
 def make_rules(settings: Settings) -> Rules:
     """The alerting rules, from the values the settings parsed."""
+    from alerts.rules import Rules
+
     return Rules(
         tiers=settings.comment_threshold,
         min_score=settings.min_score,
