@@ -12,16 +12,19 @@ from alerts.hn import HNClient, RetryPolicy
 
 if TYPE_CHECKING:
     import httpx
+    from aiohttp import web
 
     from alerts.config import Settings
     from alerts.delivery import Sender
     from alerts.mail import Renderer
+    from alerts.metrics import Metrics
     from alerts.outbox import Outbox
     from alerts.rules import Rules
     from alerts.service import Service
     from alerts.sources import Source
     from alerts.store import Store
     from alerts.tasks import TaskRegistry
+    from alerts.web import Liveness
 
 # `alerts check` builds only the HN client: the service's modules (mail and its templates, SMTP,
 # the state DB, the outbox) are imported by the functions that need them, so its start-up stays light.
@@ -96,6 +99,23 @@ class App:
     outbox: Outbox
     source: Source
     service: Service
+    metrics: Metrics
+    liveness: Liveness
+
+    def web_app(self) -> web.Application:
+        """The HTTP server's application (``/healthz``, ``/metrics``, the status page)."""
+        from alerts.config import shipped_templates
+        from alerts.web import StatusPage, make_web_app
+
+        page = StatusPage(self.settings.templates_dir, shipped_templates())
+        return make_web_app(
+            self.store,
+            self.metrics,
+            page,
+            self.liveness,
+            tiers=self.settings.comment_threshold,
+            interval=self.settings.poll_interval,
+        )
 
 
 @asynccontextmanager
@@ -107,12 +127,14 @@ async def open_app(
     ``sender`` and the wall ``clock`` can be swapped (tests).
     """
     from alerts.http import make_client
+    from alerts.metrics import Live, Metrics
     from alerts.outbox import Outbox
     from alerts.service import Service
     from alerts.sources.poll import PollSource
     from alerts.sources.stream import StreamSource
     from alerts.store import Store
     from alerts.tasks import TaskRegistry
+    from alerts.web import Liveness
 
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
@@ -147,9 +169,17 @@ async def open_app(
                 sample_gap=2 * settings.poll_interval + 60,
                 clock=clock,
             )
+            live = Live(
+                fetches=lambda: hn.fetches,
+                fetch_errors=lambda: hn.errors,
+                sent=lambda: outbox.sent,
+                failed=lambda: outbox.failed,
+                send_failures=lambda: outbox.send_failures,
+            )
+            liveness = Liveness(started=time.monotonic(), last_cycle=lambda: service.last_ok)
             source: Source = lists
             if settings.source == "stream":
-                source = StreamSource(
+                stream = StreamSource(
                     rules,
                     hn,
                     store,
@@ -164,6 +194,10 @@ async def open_app(
                     connect_timeout=settings.fetch_timeout,
                     clock=clock,
                 )
+                live.stream_items = lambda: stream.handled
+                liveness.last_stream = lambda: max(stream.follower.last_sign, stream.last_handled)
+                source = stream
+            metrics = Metrics(live)
             service = Service(
                 source,
                 hn,
@@ -173,7 +207,14 @@ async def open_app(
                 poll_interval=settings.poll_interval,
                 shutdown_timeout=settings.shutdown_timeout,
                 digest=settings.digest,
+                metrics=metrics,
             )
-            yield App(settings, hn, store, sender, registry, outbox, source, service)
+            live.last_success = lambda: _wall(max((t for t in liveness.signs() if t is not None), default=None))
+            yield App(settings, hn, store, sender, registry, outbox, source, service, metrics, liveness)
         finally:
             await store.close()
+
+
+def _wall(monotonic: float | None) -> float | None:
+    """A monotonic instant as Unix time."""
+    return None if monotonic is None else time.time() - (time.monotonic() - monotonic)

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("item_id", metavar="ITEM_ID", type=_item_id, help="HN item id, e.g. 8863")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("test-email", help="send a sample alert through the configured delivery")
+    status = sub.add_parser("status", help="what the service is doing: source, last cycle, alerts, stories")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
     outbox = sub.add_parser("outbox", help="list the alerts not yet delivered; retry or drop them")
     outbox.add_argument("--json", action="store_true", help="print one JSON array")
     actions = outbox.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -70,14 +72,23 @@ def _item_id(text: str) -> int:
     return value
 
 
-def setup_logging(level: str) -> None:
-    """Log lines to stderr; the only place logging is configured."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Log lines to stderr, as text or one JSON object a line; the only place logging is configured."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        formatter: logging.Formatter = JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%SZ",
+        )
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    formatter.converter = time.gmtime if fmt == "json" else time.localtime
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     if level != "DEBUG":
         # httpx logs every request at INFO; our cycle line sums them up.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -107,7 +118,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"alerts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     if args.command != "run":
         if startup.received:
             print("alerts: interrupted during start-up", file=sys.stderr)
@@ -140,6 +151,10 @@ async def _command(settings: Settings, args: argparse.Namespace) -> int:
         return await _test_email(settings)
     from alerts import operator
 
+    if args.command == "status":
+        return await operator.show_status(
+            settings.state_db, settings.comment_threshold, as_json=args.json, now=time.time()
+        )
     if args.action == "retry":
         return await operator.retry_alerts(settings.state_db, args.ids, failed=args.failed)
     if args.action == "drop":
@@ -187,7 +202,13 @@ async def _serve(settings: Settings, *, once: bool, stop: asyncio.Event, serving
         if once:
             delivered = await app.service.run_once(stop)
             return EXIT_OK if delivered else EXIT_FAILURE
-        await app.service.run(stop)
+        if settings.http_addr is None:
+            await app.service.run(stop)
+        else:
+            from alerts import web
+
+            async with web.serving(app.web_app(), *settings.http_addr):
+                await app.service.run(stop)
         log.info("stopped")
         return EXIT_OK
 

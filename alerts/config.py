@@ -83,6 +83,20 @@ def parse_quiet_hours(value: str) -> tuple[time, time]:
     raise ValueError(f"{value!r} is not HH:MM-HH:MM with two different times, e.g. 23:00-07:30")
 
 
+def parse_http_addr(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as a pair; empty means unset; ``ValueError`` otherwise."""
+    text = value.strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or _CONTROL.search(host):
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    return host, int(port)
+
+
 def _split(value: Any) -> Any:
     """Turn a comma list from the environment into a tuple of stripped items."""
     if isinstance(value, str):
@@ -168,6 +182,8 @@ class Settings(BaseSettings):
     templates_dir: Path | None = None
     shutdown_timeout: float = Field(30.0, ge=0)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    http_addr: Annotated[tuple[str, int] | None, SkipValidation] = None  # (host, port)
 
     # Rules beyond one threshold (all off by default).
     min_score: int = Field(0, ge=0)
@@ -281,6 +297,16 @@ class Settings(BaseSettings):
     @classmethod
     def _from(cls, value: str | None) -> str | None:
         return None if value is None else _check_address(value)
+
+    @field_validator("http_addr", mode="before")
+    @classmethod
+    def _addr(cls, value: Any) -> Any:
+        return parse_http_addr(value) if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from alerts import __version__
-from alerts.errors import MalformedItemError, RejectedFetchError, RetryableFetchError
+from alerts.errors import FetchError, MalformedItemError, RejectedFetchError, RetryableFetchError
 from alerts.http import BodyError, describe_error, read_body
 from alerts.limiter import PriorityLimiter
 from alerts.model import MAX_ID, Item
@@ -169,6 +170,7 @@ class HNClient:
             (b"Accept-Encoding", b"gzip, deflate"),
         ]
         self.fetches = 0
+        self.errors: collections.Counter[str] = collections.Counter()  # failed requests by error_kind()
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -251,6 +253,13 @@ class HNClient:
         await self._sleep(seconds)
 
     async def _attempt(self, url: str, priority: float) -> Any:
+        try:
+            return await self._attempt_once(url, priority)
+        except FetchError as exc:
+            self.errors[error_kind(exc)] += 1
+            raise
+
+    async def _attempt_once(self, url: str, priority: float) -> Any:
         await self._take_slot(priority)
         try:
             self.fetches += 1
@@ -336,6 +345,20 @@ class HNClient:
 
 
 RETRIED = (RetryableFetchError, MalformedItemError)
+
+
+def error_kind(exc: FetchError) -> str:
+    """What a failed request was, for the metrics: ``timeout``, ``transport``, ``http_429``, ``http_5xx``,
+    ``http_4xx`` or ``malformed``."""
+    reason = exc.reason
+    if isinstance(exc, MalformedItemError):
+        return "malformed"
+    if reason.startswith("HTTP "):
+        code = reason[5:8]
+        return "http_429" if code == "429" else "http_5xx" if code.startswith("5") else "http_4xx"
+    if reason.startswith("timeout"):
+        return "timeout"
+    return "transport"
 
 
 def _worth_retrying(exc: BaseException) -> bool:

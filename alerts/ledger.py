@@ -109,6 +109,12 @@ def entries(conn: sqlite3.Connection, statuses: Sequence[str]) -> list[Entry]:
     return [_entry(r) for r in conn.execute(sql, list(statuses))]
 
 
+def latest(conn: sqlite3.Connection, status: str, limit: int) -> list[Entry]:
+    """The ``limit`` alerts in ``status`` that were finished last, newest first."""
+    sql = f"SELECT {_COLUMNS} FROM alerts WHERE status = ? ORDER BY done_at DESC, created_at DESC LIMIT ?"
+    return [_entry(r) for r in conn.execute(sql, (status, limit))]
+
+
 #: Alerts some recipient already answered as a single mail: they stay that mail, so those
 #: recipients are never sent them again in a digest.
 _STARTED = (

@@ -108,6 +108,17 @@ class Alert:
         """The alert's identity in the state DB and its Message-ID."""
         return (self.story.id, self.kind, self.tier)
 
+    def log_fields(self) -> dict[str, object]:
+        """Its numbers and ids, as fields of its log lines (``ALERTS_LOG_FORMAT=json``)."""
+        what = "velocity" if self.kind == "velocity" else str(self.tier)
+        return {
+            "story": self.story.id,
+            "kind": self.kind,
+            "tier": self.tier,
+            "comments": self.comments,
+            "alert_id": f"{self.story.id}:{what}",
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The alert as plain data for the outbox."""
         return asdict(self)

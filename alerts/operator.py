@@ -1,4 +1,4 @@
-"""The operator's commands on the outbox: list, retry, drop.
+"""The operator's commands: ``alerts status``, and ``alerts outbox`` with its retry and drop.
 
 They open the state DB without the service's lock (SQLite lets both work on
 it at once), so they work whether or not the service runs; a running service
@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alerts import ledger
+from alerts import ledger, snapshot
 from alerts.errors import ConfigError
 from alerts.ledger import Entry, Key
 from alerts.model import MAX_ID
+from alerts.rules import next_tier
 from alerts.store import Store
 
 _ID = re.compile(r"(\d{1,16}):(velocity|\d{1,9})")
@@ -73,6 +74,113 @@ async def _open(path: Path) -> Store | None:
     if not path.exists():  # noqa: ASYNC240 - one stat of a local file, before any work
         return None
     return await Store.open(path, exclusive=False)
+
+
+async def show_status(path: Path, tiers: Sequence[int], *, as_json: bool, now: float) -> int:
+    """Print what the service is doing (see :func:`status_json`); exit code 0, or 1 with no state DB."""
+    store = await _open(path)
+    if store is None:
+        if as_json:
+            print(json.dumps(None))
+        print(f"alerts: no state DB at {path}: the service has not run with it yet", file=sys.stderr)
+        return 1
+    try:
+        picture = await store.run(snapshot.read, now)
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps(status_json(picture, tiers, now), ensure_ascii=False))
+    else:
+        print(status_text(picture, tiers, now))
+    return 0
+
+
+def status_json(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) -> dict[str, Any]:
+    """The stable JSON object of ``alerts status --json`` (documented in the README)."""
+    cycle = None
+    if picture.last_cycle_at is not None:
+        cycle = {
+            "number": picture.last_cycle,
+            "at": _when(picture.last_cycle_at),
+            "age_seconds": round(now - picture.last_cycle_at, 1),
+            "seconds": picture.last_cycle_seconds,
+        }
+    stream = None
+    if picture.stream_last is not None:
+        stream = {
+            "position": picture.stream_last,
+            "at": _when(picture.stream_at),
+            "age_seconds": None if picture.stream_at is None else round(now - picture.stream_at, 1),
+        }
+    return {
+        "source": picture.source,
+        "watching_since": _when(picture.watching_since),
+        "last_cycle": cycle,
+        "stream": stream,
+        "alerts": {k: picture.counts.get(k, 0) for k in ("pending", "held", "failed", "sent", "dropped", "baseline")},
+        "stuck": [alert_id(e.key) for e in picture.stuck],
+        "stories": [
+            {
+                "id": s.id,
+                "title": s.title,
+                "comments": s.count,
+                "alerted_tier": s.alerted,
+                "next_tier": next_tier(tiers, s.alerted),
+            }
+            for s in picture.stories
+        ],
+    }
+
+
+def status_text(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) -> str:
+    """``alerts status`` for a person: a few lines that read at a glance, then the stories."""
+    counts = picture.counts
+    since = f", watching since {_clock(picture.watching_since)}" if picture.watching_since else ""
+    lines = [f"source       {picture.source or '?'}{since}"]
+    if picture.last_cycle_at is None:
+        lines.append("last cycle   none yet")
+    else:
+        at = picture.last_cycle_at
+        took = picture.last_cycle_seconds or 0.0
+        lines.append(f"last cycle   #{picture.last_cycle} at {_clock(at)} ({_ago(now - at)}), took {took:.2f} s")
+    if picture.stream_last is not None:
+        handled = picture.stream_at
+        when = f", last item handled at {_clock(handled)} ({_ago(now - handled)})" if handled else ""
+        lines.append(f"stream       at item {picture.stream_last}{when}")
+    lines.append(
+        f"alerts       {counts['pending']} pending, {counts['held']} held, {counts['failed']} failed,"
+        f" {counts['sent']} sent" + (f", {counts['dropped']} dropped" if counts["dropped"] else "")
+    )
+    if picture.stuck:
+        ids = ", ".join(alert_id(e.key) for e in picture.stuck)
+        lines.append(f"stuck        failing for over an hour: {ids} (see `alerts outbox`)")
+    lines.append(f"stories      {len(picture.stories)} watched")
+    if picture.stories:
+        rows = [("COMMENTS", "NEXT TIER", "ID", "TITLE")]
+        for s in picture.stories:
+            upcoming = next_tier(tiers, s.alerted)
+            rows.append((str(s.count), "-" if upcoming is None else str(upcoming), str(s.id), _shorten(s.title, 60)))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+    return "\n".join(lines)
+
+
+def _clock(stamp: float | None) -> str:
+    if stamp is None:
+        return "?"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
 
 
 async def list_outbox(path: Path, *, as_json: bool) -> int:

@@ -80,6 +80,7 @@ class Outbox:
     ) -> None:
         self._store = store
         self._renderer = renderer
+        self.sent = self.failed = self.send_failures = 0  # alerts sent, refused for good; sends kept for a retry
         self._sender = sender
         self._registry = registry
         self._quiet = quiet
@@ -184,8 +185,14 @@ class Outbox:
         except PermanentDeliveryError as exc:
             await self._give_up(mail, alerts, str(exc))
         except DeliveryError as exc:
+            self.send_failures += 1
             for alert in alerts:
-                log.warning("alert not sent, kept in the outbox: %s: %s", _name(alert), exc)
+                log.warning(
+                    "alert not sent, kept in the outbox: %s: %s",
+                    _name(alert),
+                    exc,
+                    extra=alert.log_fields() | {"event": "alert_not_sent", "error": str(exc)},
+                )
 
     def _wait(self, state: RetryCallState) -> float:
         """tenacity's wait between tries within one dispatch: exponential with jitter, at most a minute."""
@@ -236,8 +243,15 @@ class Outbox:
         if refused:
             log.error("mail %s not delivered to every recipient: %s", mail, refused)
         await self._persist(ledger.finish, mail, "sent", refused or None, self._store.now())
+        self.sent += len(alerts)
         for alert in alerts:
-            log.info("alert sent: %s, %d comments via %s", _name(alert), alert.comments, self._sender.describe())
+            log.info(
+                "alert sent: %s, %d comments via %s",
+                _name(alert),
+                alert.comments,
+                self._sender.describe(),
+                extra=alert.log_fields() | {"event": "alert_sent", "mail": mail},
+            )
 
     async def _persist(self, fn: Callable[..., T], *args: object) -> T:
         """Write what the server accepted; a busy or failing DB is tried again, the mail is not resent."""
@@ -256,8 +270,15 @@ class Outbox:
     async def _give_up(self, mail: str, alerts: list[Alert], reason: str) -> None:
         """Record a permanent failure: logged once, never retried, blocking nothing else."""
         await self._persist(ledger.finish, mail, "failed", reason, self._store.now())
+        self.failed += max(1, len(alerts))
         names = ", ".join(_name(a) for a in alerts) or mail
-        log.error("alert refused for good, not retried: %s: %s", names, reason)
+        ids = [a.log_fields()["alert_id"] for a in alerts]
+        log.error(
+            "alert refused for good, not retried: %s: %s",
+            names,
+            reason,
+            extra={"event": "alert_refused", "mail": mail, "alert_ids": ids, "error": reason},
+        )
 
 
 def _name(alert: Alert) -> str:

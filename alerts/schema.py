@@ -111,6 +111,21 @@ MIGRATIONS = (
     CREATE TABLE items (id INTEGER PRIMARY KEY, story INTEGER);
     CREATE TABLE tallies (story_id INTEGER PRIMARY KEY, count INTEGER NOT NULL, at REAL NOT NULL);
     """,
+    # 5: what operators see: the stories watched at the last cycle with their count, and their growth.
+    """
+    CREATE TABLE stories (
+        story_id INTEGER PRIMARY KEY,
+        title    TEXT    NOT NULL,
+        count    INTEGER NOT NULL,
+        seen_at  REAL    NOT NULL
+    );
+    CREATE TABLE growth (
+        story_id INTEGER NOT NULL,
+        at       REAL    NOT NULL,
+        count    INTEGER NOT NULL,
+        PRIMARY KEY (story_id, at)
+    );
+    """,
 )
 
 

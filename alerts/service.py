@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
-from alerts import ledger
+from alerts import ledger, snapshot
 from alerts.errors import FetchError
 from alerts.hn import HNClient
+from alerts.metrics import Metrics
 from alerts.outbox import Outbox
 from alerts.schedule import fixed_rate
 from alerts.sources import CycleReport, Source
@@ -41,6 +43,7 @@ class Service:
         poll_interval: float,
         shutdown_timeout: float,
         digest: bool,
+        metrics: Metrics | None = None,
     ) -> None:
         self._source = source
         self._hn = hn
@@ -50,6 +53,8 @@ class Service:
         self._interval = poll_interval
         self._shutdown_timeout = shutdown_timeout
         self._digest = digest
+        self._metrics = metrics or Metrics()
+        self.last_ok: float | None = None  # when the last cycle that ended well ended (monotonic)
         self._cycles = 0
         self._failed_cycles = 0
         self._skip = 0
@@ -63,8 +68,12 @@ class Service:
         self._cycles += 1
         loop = asyncio.get_running_loop()
         started, fetches = loop.time(), self._hn.fetches
-        await self.dispatch_pending()
-        report = await self._source.cycle(self._cycles)
+        try:
+            await self.dispatch_pending()
+            report = await self._source.cycle(self._cycles)
+        except Exception:
+            self._metrics.cycle_failed(loop.time() - started)
+            raise
         if self._digest:
             # This cycle's alerts were only queued: the digest carries them. Without a digest each
             # was sent as it was queued, and a second pass would only retry sends that just failed.
@@ -72,6 +81,11 @@ class Service:
         report.fetches = self._hn.fetches - fetches
         report.seconds = loop.time() - started
         _log(report)
+        await self._store.run(
+            snapshot.record_cycle, self._source.name, report.number, report.seconds, report.watched, self._store.now()
+        )
+        self._metrics.cycle_done(report.seconds, report.walked, report.alerts)
+        self.last_ok = time.monotonic()
         return report
 
     async def _safe_cycle(self) -> None:
@@ -179,6 +193,17 @@ def _log(report: CycleReport) -> None:
         extra += f", {len(report.incomplete)} incomplete"
     if report.position is not None:
         extra += f", stream at item {report.position} ({report.handled} new items handled)"
+    fields = {
+        "cycle": report.number,
+        "stories": report.stories,
+        "alerts": report.alerts,
+        "fetches": report.fetches,
+        "seconds": round(report.seconds, 3),
+        "walks": report.walked,
+        "incomplete": len(report.incomplete),
+    }
+    if report.position is not None:
+        fields |= {"stream_position": report.position, "stream_items": report.handled}
     log.info(
         "cycle %d: %d stories, %d alerts, %d fetches, %.2f s%s",
         report.number,
@@ -187,4 +212,5 @@ def _log(report: CycleReport) -> None:
         report.fetches,
         report.seconds,
         extra,
+        extra=fields,
     )

@@ -70,7 +70,10 @@ def commit(
             if added and counts is not None:
                 conn.execute("UPDATE tallies SET count = count + 1, at = ? WHERE story_id = ?", (now, counts))
         conn.executemany("INSERT OR IGNORE INTO items (id, story) VALUES (?, ?)", known)
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('stream_last', ?)", (str(last),))
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [("stream_last", str(last)), ("stream_at", repr(now))],
+        )
 
 
 def tallies(conn: sqlite3.Connection, story_ids: Sequence[int]) -> dict[int, int]:

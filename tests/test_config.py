@@ -92,6 +92,17 @@ BAD = [
     ("ALERTS_SMTP_CA_FILE", "/nonexistent/ca.pem"),
     ("ALERTS_TITLE_INCLUDE", "(a)\\1"),
     ("ALERTS_TITLE_EXCLUDE", "(?<=x)y"),
+    ("ALERTS_SOURCE", "firehose"),
+    ("ALERTS_STORY_LISTS", "all"),  # the poll source reads lists: every story needs the stream
+    ("ALERTS_STORY_LISTS", "all,topstories"),
+    ("ALERTS_STREAM_POLL", "0"),
+    ("ALERTS_STREAM_CATCHUP", "-1"),
+    ("ALERTS_HTTP_ADDR", "8080"),
+    ("ALERTS_HTTP_ADDR", "localhost:"),
+    ("ALERTS_HTTP_ADDR", ":8080"),
+    ("ALERTS_HTTP_ADDR", "localhost:99999"),
+    ("ALERTS_HTTP_ADDR", "local\nhost:8080"),
+    ("ALERTS_LOG_FORMAT", "xml"),
 ]
 
 

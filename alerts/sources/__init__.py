@@ -39,12 +39,15 @@ class CycleReport:
     incomplete: list[int] = field(default_factory=list)
     errors: list[int] = field(default_factory=list)
     counts: list[tuple[int, int]] = field(default_factory=list)
+    watched: list[tuple[int, str, int]] = field(default_factory=list)  # (id, title, count) for the status
     position: int | None = None  # the stream source: every item up to this one handled or under way ...
     handled: int = 0  # ... and how many items it handled since the last cycle
 
 
 class Source(Protocol):
     """What the service drives."""
+
+    name: str  # "poll", "stream": what `alerts status` shows
 
     async def cycle(self, number: int) -> CycleReport:
         """One cycle (number ``number``); raises :class:`alerts.errors.FetchError` when HN could not be read."""
@@ -69,4 +72,12 @@ async def queue_alert(alert: Alert, baseline: bool, store: Store, outbox: Outbox
     report.alerts += 1
     what = f"+{alert.gain} in {alert.minutes} min" if alert.kind == "velocity" else f"tier {alert.tier}"
     state = "held for quiet hours" if state == "held" else state
-    log.info("alert %s: story %d %r, %d comments (%s)", state, story.id, story.title, alert.comments, what)
+    log.info(
+        "alert %s: story %d %r, %d comments (%s)",
+        state,
+        story.id,
+        story.title,
+        alert.comments,
+        what,
+        extra=alert.log_fields() | {"event": "alert_queued", "held": state != "queued"},
+    )

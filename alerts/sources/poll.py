@@ -39,6 +39,8 @@ class _Known:
 class PollSource:
     """Each cycle: the head of each story list, each story checked concurrently, due alerts queued."""
 
+    name = "poll"
+
     def __init__(
         self,
         rules: Rules,
@@ -187,6 +189,7 @@ class PollSource:
             else:
                 report.gated += 1  # its descendants stands for its count
             log.debug("story %d: %s", story_id, todo.why)
+            report.watched.append((story_id, story.title, story.descendants or 0))
             return story.descendants or 0
         if todo.action == "last":
             count, complete = state.last_count or 0, True
@@ -199,6 +202,7 @@ class PollSource:
             await self._queue(alert, verdict.baseline, report)
         if verdict.owe_baseline is not None and (verdict.owe_baseline or story_id in known.owed):
             await self._store.owe_baseline(story_id, verdict.owe_baseline)
+        report.watched.append((story_id, story.title, count))
         return count
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:

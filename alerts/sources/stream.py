@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from alerts import tallies
+from alerts import snapshot, tallies
 from alerts.errors import FetchError, MalformedItemError, RejectedFetchError, StateError
 from alerts.hn import HNClient
 from alerts.model import Alert, Item, Story
@@ -54,6 +54,8 @@ CACHE = 50_000
 IDLE = 3600.0
 #: Hops up a ``parent`` chain at most (HN threads are a few hundred deep at the very most).
 MAX_CHAIN = 10_000
+#: Stories shown in the status (with ``all``, the busiest of every story that gets comments).
+SHOWN = 100
 #: The story fetched to confirm a crossing goes before every other waiting request.
 FIRST = -1e9
 #: What a wait for an item's story gets when the one finding out could not: ask again.
@@ -65,6 +67,7 @@ class _Story:
     """What the stream keeps in memory about one story it counts."""
 
     count: int = 0  # its last walk's count plus the live comments seen since
+    title: str = ""
     alerted: int | None = None  # the highest tier it alerted for
     heated: bool = False  # its velocity alert is behind it
     owed: bool = False  # created before watching began, tiers passed then not yet recorded (``all``)
@@ -78,6 +81,8 @@ class _Story:
 
 class StreamSource:
     """Follows every new item; the service drives :meth:`cycle` every interval and :meth:`follow` between."""
+
+    name = "stream"
 
     def __init__(
         self,
@@ -180,8 +185,11 @@ class StreamSource:
         await self._tidy()
         report.alerts += self._between.alerts
         report.baseline += self._between.baseline
+        report.walked += self._between.walked
         self._between = CycleReport(0)
         report.position = self._launched
+        counted = sorted(self._stories.items(), key=lambda pair: -pair[1].count)[:SHOWN]
+        report.watched = [(story_id, story.title or f"Item {story_id}", story.count) for story_id, story in counted]
         report.handled, self._handled_before = self.handled - self._handled_before, self.handled
         return report
 
@@ -485,7 +493,10 @@ class StreamSource:
         """A story created while watching (``all``): counted from its first comment on, every tier alerts."""
         if story_id in self._stories:
             return
-        self._stories[story_id] = _Story(count=item.get("descendants") or 0, busy=False, touched=time.monotonic())
+        title = Story.from_item(story_id, item).title
+        self._stories[story_id] = _Story(
+            count=item.get("descendants") or 0, title=title, busy=False, touched=time.monotonic()
+        )
         await self._store.run(tallies.set_tally, story_id, self._stories[story_id].count, self._clock())
 
     async def _arrival(self, story_id: int, when: float) -> None:
@@ -517,9 +528,11 @@ class StreamSource:
             story.owed = story_id in await self._store.baseline_owed()
             if stored is not None:
                 story.count = stored
+                story.title = (await self._store.run(snapshot.titles, [story_id])).get(story_id, "")
                 return
             item = await self._hn.item(story_id, priority=FIRST)
             story.count = (item or {}).get("descendants") or 0
+            story.title = Story.from_item(story_id, item or {}).title
             upcoming = next_tier(self._rules.tiers, story.alerted)
             if story_id < self._first and upcoming is not None and story.count >= upcoming * WALK_MARGIN:
                 # It may have passed tiers before watching began: a walk tells which, before any alert.
@@ -596,12 +609,14 @@ class StreamSource:
             story.recheck_at = time.monotonic() + self._interval
             return
         facts = Story.from_item(story_id, item)
+        story.title = facts.title
         reason = self._rules.filtered_out(facts)
         if reason is not None and not story.owed:
             story.recheck_at = time.monotonic() + self._interval  # its score may rise: looked at again later
             log.debug("story %d: %s", story_id, reason)
             return
         result = await walk_kids(self._hn, story_id, item, max_items=self._max_comments, below=self._first)
+        self._between.walked += 1
         if not result.complete:
             story.retry = True
             story.recheck_at = time.monotonic() + self._interval
@@ -663,6 +678,8 @@ class StreamSource:
         try:
             stored = await self._store.run(tallies.tallies, new)
             counts = await self._lists.check([s for s in new if s not in stored], report)
+            titles = await self._store.run(snapshot.titles, list(stored))
+            titles.update((story_id, title) for story_id, title, _count in report.watched)
             alerted = await self._store.alerted_tiers(new)
             heated = await self._store.velocity_alerted(new) if self._rules.velocity else set()
         except BaseException:
@@ -676,6 +693,7 @@ class StreamSource:
                 self._stories.pop(story_id, None)
                 continue
             story.count, story.alerted, story.heated = base, alerted.get(story_id), story_id in heated
+            story.title = titles.get(story_id, "")
             if story_id in report.incomplete:  # a lower bound: walked again next cycle, as the log says
                 story.retry = True
                 story.recheck_at = time.monotonic() + self._interval
