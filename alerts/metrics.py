@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +39,7 @@ class Metrics:
     """The registry and its metrics; :attr:`registry` is what ``/metrics`` serves."""
 
     def __init__(self, live: Live | None = None) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: noise to a scraper
         self.registry = CollectorRegistry(auto_describe=True)
         self.live = live or Live()
         self.cycles = Counter(
