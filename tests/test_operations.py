@@ -265,3 +265,23 @@ def test_the_http_server_answers_from_alerts_run_and_stops_with_it(
 def db_rows(path: Path, sql: str) -> list[Any]:
     with sqlite3.connect(path) as conn:
         return conn.execute(sql).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("cycle", "stream", "now", "healthy"),
+    [
+        (None, None, 100.0 + 179.0, True),  # no cycle yet: the start counts, for 3 intervals
+        (None, None, 100.0 + 181.0, False),
+        (None, 300.0, 400.0, True),  # stream source: cycles failing (lists unreadable), keep-alives arriving
+        (100.0, 100.0, 281.0, False),  # neither a good cycle nor an item or keep-alive for over 3 intervals
+        (250.0, None, 281.0, True),
+    ],
+)
+def test_health_takes_the_latest_sign_of_hn_read_well(
+    cycle: float | None, stream: float | None, now: float, healthy: bool
+) -> None:
+    """3 x 60 s: the last good cycle, or with the stream source the last item or keep-alive, or the start."""
+    live = web.Liveness(started=100.0, last_cycle=lambda: cycle, last_stream=(lambda: stream) if stream else None)
+    ok, why = web.health(live, 60.0, [], now)
+    assert ok is healthy, why
+    assert "\n" not in why

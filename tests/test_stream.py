@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from alerts.app import App, open_app
 from alerts.sources import maxitem, stream
@@ -124,6 +125,8 @@ async def test_attribution_walks_up_deep_parents_once_and_remembers_them_across_
         reply = hn.create_item(first)
         await handled(source, reply)
         assert hn.item_requests == 40 + 1 + 3
+        exposed = generate_latest(app.metrics.registry).decode()
+        assert "\nhn_alerts_stream_items_total 3.0\n" in exposed
     hn.reset_stats()
     async with service(cfg, RecordingSender()) as app:
         source = await following(hn, app, 1)
