@@ -195,7 +195,9 @@ async def open_app(
                     clock=clock,
                 )
                 live.stream_items = lambda: stream.handled
-                liveness.last_stream = lambda: max(stream.follower.last_sign, stream.last_handled)
+                liveness.last_stream = lambda: max(
+                    (t for t in (stream.follower.last_sign, stream.last_handled) if t is not None), default=None
+                )
                 source = stream
             metrics = Metrics(live)
             service = Service(

@@ -89,6 +89,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     formatter.converter = time.gmtime if fmt == "json" else time.localtime
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # a library's warning is a log line too (one JSON object in json format)
     if level != "DEBUG":
         # httpx logs every request at INFO; our cycle line sums them up.
         logging.getLogger("httpx").setLevel(logging.WARNING)

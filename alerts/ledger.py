@@ -20,7 +20,10 @@ from alerts.model import Alert
 
 Key = tuple[int, str, int]
 
-_COLUMNS = "story_id, kind, tier, alert, status, held, attempts, next_try, last_error, digest, created_at, done_at"
+_COLUMNS = (
+    "story_id, kind, tier, alert, status, held, attempts, next_try, last_error, digest, created_at, done_at,"
+    " failing_since"
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Entry:
     digest: str | None
     created_at: float
     done_at: float | None
+    failing_since: float | None = None  # the first of the failed tries since it was last queued or retried
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def digest_mail(digest_id: str) -> str:
 
 
 def _entry(row: Any) -> Entry:
-    story_id, kind, tier, alert, status, held, attempts, next_try, last_error, digest, created, done = row
+    story_id, kind, tier, alert, status, held, attempts, next_try, last_error, digest, created, done, failing = row
     return Entry(
         (story_id, kind, tier),
         Alert.from_json(json.loads(alert)),
@@ -78,6 +82,7 @@ def _entry(row: Any) -> Entry:
         digest,
         created,
         done,
+        failing,
     )
 
 
@@ -238,7 +243,7 @@ def finish(conn: sqlite3.Connection, mail: str, status: str, note: str | None, n
         )
 
 
-def record_failure(conn: sqlite3.Connection, mail: str, error: str, next_try: float) -> None:
+def record_failure(conn: sqlite3.Connection, mail: str, error: str, next_try: float, now: float) -> None:
     """A try failed for now: count it, keep the reason and when to try again; the mail stays pending."""
     digest_id, where, args = _members(mail)
     with conn:
@@ -249,9 +254,9 @@ def record_failure(conn: sqlite3.Connection, mail: str, error: str, next_try: fl
                 (error, next_try, digest_id),
             )
         conn.execute(
-            f"UPDATE alerts SET attempts = attempts + 1, last_error = ?, next_try = ? WHERE {where}"
-            " AND status = 'pending'",
-            (error, next_try, *args),
+            f"UPDATE alerts SET attempts = attempts + 1, last_error = ?, next_try = ?,"
+            f" failing_since = COALESCE(failing_since, ?) WHERE {where} AND status = 'pending'",
+            (error, next_try, now, *args),
         )
 
 
@@ -296,11 +301,14 @@ def retry(conn: sqlite3.Connection, keys: Sequence[Key]) -> list[Key]:
                 conn.execute("DELETE FROM recipients WHERE mail = ? AND outcome = 'refused'", (mail,))
                 conn.execute(
                     "UPDATE alerts SET status = 'pending', done_at = NULL, next_try = 0, digest = NULL,"
-                    " held = 0 WHERE story_id = ? AND kind = ? AND tier = ?",
+                    " held = 0, failing_since = NULL WHERE story_id = ? AND kind = ? AND tier = ?",
                     key,
                 )
             else:
-                conn.execute("UPDATE alerts SET next_try = 0 WHERE story_id = ? AND kind = ? AND tier = ?", key)
+                conn.execute(
+                    "UPDATE alerts SET next_try = 0, failing_since = NULL WHERE story_id = ? AND kind = ? AND tier = ?",
+                    key,
+                )
                 if row[1] is not None:
                     conn.execute("UPDATE digests SET next_try = 0 WHERE id = ?", (row[1],))
             changed.append(key)

@@ -89,8 +89,11 @@ class _LiveCollector(Collector):
         yield _counter("hn_alerts_alerts_sent", "Alerts the mail server accepted (or written as .eml)", live.sent())
         yield _counter("hn_alerts_alerts_failed", "Alerts refused for good (a 5xx to the mail)", live.failed())
         yield _counter("hn_alerts_send_failures", "Sends that failed and were kept for a retry", live.send_failures())
-        yield _counter(
-            "hn_alerts_alerts_dropped", "Alerts given up on with `alerts outbox drop`", live.outbox.get("dropped", 0)
+        # A gauge, from the state DB: a drop that lost the race with its own send becomes sent again.
+        yield GaugeMetricFamily(
+            "hn_alerts_alerts_dropped",
+            "Alerts recorded as dropped (given up on with `alerts outbox drop`) in the state DB",
+            value=live.outbox.get("dropped", 0),
         )
         last = live.last_success()
         if last is not None:

@@ -70,15 +70,17 @@ def entry_json(entry: Entry) -> dict[str, Any]:
     }
 
 
-async def _open(path: Path) -> Store | None:
+async def _open(path: Path, *, readonly: bool = False) -> Store | None:
     if not path.exists():  # noqa: ASYNC240 - one stat of a local file, before any work
         return None
+    if readonly:
+        return await Store.open_readonly(path)
     return await Store.open(path, exclusive=False)
 
 
 async def show_status(path: Path, tiers: Sequence[int], *, as_json: bool, now: float) -> int:
     """Print what the service is doing (see :func:`status_json`); exit code 0, or 1 with no state DB."""
-    store = await _open(path)
+    store = await _open(path, readonly=True)
     if store is None:
         if as_json:
             print(json.dumps(None))
@@ -119,6 +121,7 @@ def status_json(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
         "stream": stream,
         "alerts": {k: picture.counts.get(k, 0) for k in ("pending", "held", "failed", "sent", "dropped", "baseline")},
         "stuck": [alert_id(e.key) for e in picture.stuck],
+        "watched": picture.watched,
         "stories": [
             {
                 "id": s.id,
@@ -154,7 +157,8 @@ def status_text(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
     if picture.stuck:
         ids = ", ".join(alert_id(e.key) for e in picture.stuck)
         lines.append(f"stuck        failing for over an hour: {ids} (see `alerts outbox`)")
-    lines.append(f"stories      {len(picture.stories)} watched")
+    shown = f" (the busiest {len(picture.stories)} listed)" if picture.watched > len(picture.stories) else ""
+    lines.append(f"stories      {picture.watched} watched{shown}")
     if picture.stories:
         rows = [("COMMENTS", "NEXT TIER", "ID", "TITLE")]
         for s in picture.stories:
@@ -185,7 +189,7 @@ def _ago(seconds: float) -> str:
 
 async def list_outbox(path: Path, *, as_json: bool) -> int:
     """Print the alerts not yet delivered (pending, held, failed); exit code 0."""
-    store = await _open(path)
+    store = await _open(path, readonly=True)
     rows: list[Entry] = []
     if store is not None:
         try:

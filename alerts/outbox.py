@@ -180,7 +180,8 @@ class Outbox:
                     except DeliveryError as exc:
                         attempts += 1
                         delay = retry_delay(attempts, self._backoff, self._jitter())
-                        await self._store.run(ledger.record_failure, mail, str(exc), self._store.now() + delay)
+                        now = self._store.now()
+                        await self._store.run(ledger.record_failure, mail, str(exc), now + delay, now)
                         raise
         except PermanentDeliveryError as exc:
             await self._give_up(mail, alerts, str(exc))

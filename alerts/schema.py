@@ -111,7 +111,8 @@ MIGRATIONS = (
     CREATE TABLE items (id INTEGER PRIMARY KEY, story INTEGER);
     CREATE TABLE tallies (story_id INTEGER PRIMARY KEY, count INTEGER NOT NULL, at REAL NOT NULL);
     """,
-    # 5: what operators see: the stories watched at the last cycle with their count, and their growth.
+    # 5: what operators see: the stories watched at the last cycle with their count, and their growth;
+    # since when an alert's tries have been failing (it is "stuck" after an hour of that).
     """
     CREATE TABLE stories (
         story_id INTEGER PRIMARY KEY,
@@ -125,6 +126,7 @@ MIGRATIONS = (
         count    INTEGER NOT NULL,
         PRIMARY KEY (story_id, at)
     );
+    ALTER TABLE alerts ADD COLUMN failing_since REAL;
     """,
 )
 
@@ -136,6 +138,28 @@ def migrate(conn: sqlite3.Connection) -> None:
         version = 1  # made by 0.1.0, which did not set user_version
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open the DB to read only (runs on the DB thread): no lock, no migration, nothing written.
+
+    A DB of an older schema is refused with what to do: the service
+    migrates it when it starts.
+    """
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.Error as exc:
+        raise StateError(f"ALERTS_STATE_DB: cannot read {path}: {exc}") from exc
+    if version != len(MIGRATIONS):
+        conn.close()
+        if version < len(MIGRATIONS):
+            raise StateError(
+                f"ALERTS_STATE_DB: {path} has schema {version}, this version reads {len(MIGRATIONS)}:"
+                " start the service (alerts run or run --once) once to upgrade it"
+            )
+        raise StateError(f"ALERTS_STATE_DB: {path} has schema {version}, made by a newer version of hn-alerts")
+    return conn
 
 
 def connect(path: Path, exclusive: bool) -> tuple[sqlite3.Connection, IO[bytes] | None]:

@@ -81,11 +81,18 @@ class Service:
         report.fetches = self._hn.fetches - fetches
         report.seconds = loop.time() - started
         _log(report)
+        # Lists read but not one story: HN is not answering as it should. The stories keep their last
+        # figures in the status, and the cycle does not count as ended well (/healthz, /metrics).
+        read_nothing = report.stories > 0 and not report.watched
+        watched = None if read_nothing else report.watched
         await self._store.run(
-            snapshot.record_cycle, self._source.name, report.number, report.seconds, report.watched, self._store.now()
+            snapshot.record_cycle, self._source.name, report.number, report.seconds, watched, self._store.now()
         )
-        self._metrics.cycle_done(report.seconds, report.walked, report.alerts)
-        self.last_ok = time.monotonic()
+        if read_nothing:
+            self._metrics.cycle_failed(report.seconds)
+        else:
+            self._metrics.cycle_done(report.seconds, report.walked, report.alerts)
+            self.last_ok = time.monotonic()
         return report
 
     async def _safe_cycle(self) -> None:

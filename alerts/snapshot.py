@@ -21,6 +21,9 @@ from alerts.ledger import Entry
 GROWTH_KEEP = 6 * 3600.0
 #: Sent alerts listed as "lately".
 RECENT = 10
+#: Stories read for the views, busiest first; and growth samples kept per story's chart.
+STORIES = 200
+CHART_POINTS = 60
 #: An undelivered alert that has failed for longer than this makes /healthz answer 503.
 STUCK_AFTER = 3600.0
 
@@ -48,7 +51,8 @@ class Snapshot:
     stream_at: float | None
     watching_since: float | None
     counts: dict[str, int]
-    stories: tuple[Watched, ...]
+    stories: tuple[Watched, ...]  # the busiest STORIES of them
+    watched: int  # how many stories the last cycle watched
     recent: tuple[Entry, ...]
     outbox: tuple[Entry, ...]
     stuck: tuple[Entry, ...] = field(default=())
@@ -59,21 +63,16 @@ def record_cycle(
     source: str,
     number: int,
     seconds: float,
-    stories: Sequence[tuple[int, str, int]],
+    stories: Sequence[tuple[int, str, int]] | None,
     now: float,
 ) -> None:
-    """After a cycle: the stories watched (id, title, count), one growth sample each, the cycle's facts."""
+    """After a cycle: the stories watched (id, title, count), one growth sample each, the cycle's facts.
+
+    ``stories`` ``None``: none could be read this time; the last ones stand.
+    """
     with conn:
-        conn.execute("DELETE FROM stories")
-        conn.executemany(
-            "INSERT INTO stories (story_id, title, count, seen_at) VALUES (?, ?, ?, ?)",
-            [(story_id, title, count, now) for story_id, title, count in stories],
-        )
-        conn.executemany(
-            "INSERT OR REPLACE INTO growth (story_id, at, count) VALUES (?, ?, ?)",
-            [(story_id, now, count) for story_id, _title, count in stories],
-        )
-        conn.execute("DELETE FROM growth WHERE at < ?", (now - GROWTH_KEEP,))
+        if stories is not None:
+            _record_stories(conn, stories, now)
         conn.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             [
@@ -83,6 +82,19 @@ def record_cycle(
                 ("last_cycle_seconds", repr(seconds)),
             ],
         )
+
+
+def _record_stories(conn: sqlite3.Connection, stories: Sequence[tuple[int, str, int]], now: float) -> None:
+    conn.execute("DELETE FROM stories")
+    conn.executemany(
+        "INSERT INTO stories (story_id, title, count, seen_at) VALUES (?, ?, ?, ?)",
+        [(story_id, title, count, now) for story_id, title, count in stories],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO growth (story_id, at, count) VALUES (?, ?, ?)",
+        [(story_id, now, count) for story_id, _title, count in stories],
+    )
+    conn.execute("DELETE FROM growth WHERE at < ?", (now - GROWTH_KEEP,))
 
 
 def read(conn: sqlite3.Connection, now: float) -> Snapshot:
@@ -103,11 +115,12 @@ def read(conn: sqlite3.Connection, now: float) -> Snapshot:
         ):
             growth.setdefault(story_id, []).append((at, count))
         stories = tuple(
-            Watched(story_id, title, count, alerted.get(story_id), tuple(growth.get(story_id, ())))
+            Watched(story_id, title, count, alerted.get(story_id), _thin(growth.get(story_id, [])))
             for story_id, title, count in conn.execute(
-                "SELECT story_id, title, count FROM stories ORDER BY count DESC, story_id"
+                "SELECT story_id, title, count FROM stories ORDER BY count DESC, story_id LIMIT ?", (STORIES,)
             )
         )
+        watched = conn.execute("SELECT COUNT(*) FROM stories").fetchone()[0]
         outbox = tuple(ledger.entries(conn, ("pending", "failed")))
         recent = tuple(ledger.latest(conn, "sent", RECENT))
         counts = ledger.counts(conn)
@@ -121,10 +134,36 @@ def read(conn: sqlite3.Connection, now: float) -> Snapshot:
         watching_since=_float(meta.get("watching_since")),
         counts=counts,
         stories=stories,
+        watched=watched,
         recent=recent,
         outbox=outbox,
         stuck=tuple(e for e in outbox if stuck(e, now)),
     )
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    """The little /healthz and /metrics need: alerts by status, and the ones stuck."""
+
+    counts: dict[str, int]
+    stuck: tuple[Entry, ...]
+
+
+def outbox_state(conn: sqlite3.Connection, now: float) -> OutboxState:
+    """Alerts by status and the stuck ones, without the stories (cheap, for every probe and scrape)."""
+    with conn:
+        conn.execute("BEGIN")
+        counts = ledger.counts(conn)
+        waiting = ledger.entries(conn, ("pending", "failed")) if counts["pending"] or counts["failed"] else []
+    return OutboxState(counts, tuple(e for e in waiting if stuck(e, now)))
+
+
+def _thin(samples: list[tuple[float, int]]) -> tuple[tuple[float, int], ...]:
+    """At most CHART_POINTS samples, evenly picked, the first and last kept."""
+    if len(samples) <= CHART_POINTS:
+        return tuple(samples)
+    step = (len(samples) - 1) / (CHART_POINTS - 1)
+    return tuple(samples[round(i * step)] for i in range(CHART_POINTS))
 
 
 def titles(conn: sqlite3.Connection, story_ids: Sequence[int]) -> dict[int, str]:
@@ -134,10 +173,15 @@ def titles(conn: sqlite3.Connection, story_ids: Sequence[int]) -> dict[int, str]
 
 
 def stuck(entry: Entry, now: float) -> bool:
-    """An alert that has failed for more than an hour: refused for good, or tried and still not delivered."""
+    """An alert failing for more than an hour: refused for good an hour ago, or its tries failing for an hour.
+
+    Held for quiet hours (and in no digest yet) is waiting, not failing.
+    """
     if entry.status == "failed":
         return (entry.done_at or entry.created_at) <= now - STUCK_AFTER
-    return entry.attempts > 0 and not entry.held and entry.created_at <= now - STUCK_AFTER
+    waiting = entry.held and entry.digest is None
+    since = entry.failing_since
+    return entry.status == "pending" and not waiting and since is not None and since <= now - STUCK_AFTER
 
 
 def _int(value: str | None) -> int | None:

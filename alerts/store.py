@@ -23,7 +23,7 @@ from alerts import ledger
 from alerts.errors import StateError
 from alerts.ledger import Key
 from alerts.model import Alert
-from alerts.schema import connect
+from alerts.schema import connect, connect_readonly
 
 T = TypeVar("T")
 
@@ -51,6 +51,18 @@ class Store:
         self._executor = executor
         self._clock = clock
         self._closed = False
+
+    @classmethod
+    async def open_readonly(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Store:
+        """Open an existing DB to read only: no lock, no migration (``alerts status``, ``alerts outbox``)."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts-db")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, connect_readonly, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(conn, None, executor, clock)
 
     @classmethod
     async def open(cls, path: Path, *, exclusive: bool = True, clock: Callable[[], float] = time.time) -> Store:

@@ -7,6 +7,7 @@ service knows in memory (when it last read HN); nothing here writes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,6 +21,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from alerts import snapshot
+from alerts.errors import AlertsError
 from alerts.ledger import Entry
 from alerts.metrics import Metrics
 from alerts.model import HN_ITEM_URL
@@ -90,7 +92,7 @@ class StatusPage:
                 "count": s.count,
                 "next_tier": next_tier(tiers, s.alerted),
                 "chart": sparkline(s.growth),
-                "gained": (s.growth[-1][1] - s.growth[0][1]) if len(s.growth) > 1 else 0,
+                "gained": f"{(s.growth[-1][1] - s.growth[0][1]) if len(s.growth) > 1 else 0:+d}",
                 "hours": (s.growth[-1][0] - s.growth[0][0]) / 3600 if len(s.growth) > 1 else 0.0,
             }
             for s in picture.stories
@@ -158,22 +160,23 @@ def make_web_app(
     """The aiohttp application: ``/healthz``, ``/metrics`` and ``/``."""
     prometheus = make_aiohttp_handler(metrics.registry, disable_compression=True)
 
-    async def read() -> snapshot.Snapshot:
-        return await store.run(snapshot.read, clock())
+    async def outbox() -> snapshot.OutboxState:
+        return await store.run(snapshot.outbox_state, clock())
 
     async def healthz(_request: web.Request) -> web.Response:
-        picture = await read()
-        ok, why = health(liveness, interval, picture.stuck, monotonic())
+        ok, why = health(liveness, interval, (await outbox()).stuck, monotonic())
         return web.Response(status=200 if ok else 503, text=why + "\n")
 
     async def scrape(request: web.Request) -> web.StreamResponse:
-        metrics.refresh((await read()).counts)
+        metrics.refresh((await outbox()).counts)
         return await prometheus(request)
 
     async def status(_request: web.Request) -> web.Response:
-        picture = await read()
+        now = clock()
+        picture = await store.run(snapshot.read, now)
         healthy = health(liveness, interval, picture.stuck, monotonic())
-        html = page.render(picture, tiers, healthy=healthy, now=clock())
+        # Rendering hundreds of rows takes a while: off the event loop, which the service needs.
+        html = await asyncio.to_thread(page.render, picture, tiers, healthy=healthy, now=now)
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     app = web.Application()
@@ -186,12 +189,18 @@ def make_web_app(
 @asynccontextmanager
 async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
     """Serve ``app`` on ``host:port`` for the life of the block (no access log: it would be a line per scrape)."""
-    runner = web.AppRunner(app, access_log=None)
+    # A request still running at shutdown gets half a second, not aiohttp's default minute: the service's
+    # own shutdown deadline must hold whoever is reading the page.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
-        log.info("serving /healthz, /metrics and the status page on http://%s:%d/", host, port)
+        shown = f"[{host}]" if ":" in host else host
+        try:
+            await site.start()
+        except OSError as exc:
+            raise AlertsError(f"ALERTS_HTTP_ADDR {shown}:{port}: cannot listen: {exc.strerror or exc}") from exc
+        log.info("serving /healthz, /metrics and the status page on http://%s:%d/", shown, port)
         yield
     finally:
         await runner.cleanup()

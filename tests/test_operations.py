@@ -58,7 +58,8 @@ def test_status_reads_the_state_db_as_text_and_json(hn: FakeHN, env: dict[str, s
         (3, 95, None, 100),
         (2, 60, None, 100),
     ]
-    assert set(data) == {"source", "watching_since", "last_cycle", "stream", "alerts", "stuck", "stories"}
+    assert set(data) == {"source", "watching_since", "last_cycle", "stream", "alerts", "stuck", "watched", "stories"}
+    assert data["watched"] == 3
 
 
 def test_status_without_a_state_db_says_so_and_creates_none(env: dict[str, str], tmp_path: Path) -> None:
@@ -188,8 +189,11 @@ def test_health_counts_an_alert_failing_for_over_an_hour() -> None:
     now = 1_000_000.0
     alert = Alert(Story(7, "T", "a", 1, None, 1), 100, 100)
 
-    def entry(status: str, age: float, attempts: int = 1, held: bool = False) -> Entry:
-        return Entry((7, "tier", 100), alert, status, held, attempts, 0.0, "451", None, now - age, now - age)
+    def entry(status: str, age: float, attempts: int = 1, held: bool = False, digest: str | None = None) -> Entry:
+        failing = now - age if attempts and status == "pending" else None
+        return Entry(
+            (7, "tier", 100), alert, status, held, attempts, 0.0, "451", digest, now - 7200, now - age, failing
+        )
 
     live = web.Liveness(started=0.0, last_cycle=lambda: 99.0)
     for case, unhealthy in [
@@ -198,6 +202,8 @@ def test_health_counts_an_alert_failing_for_over_an_hour() -> None:
         (entry("failed", 3540), False),
         (entry("pending", 3660, attempts=0), False),  # never tried yet: not failing
         (entry("pending", 3660, held=True), False),  # quiet hours: not a failure
+        (entry("pending", 3660, held=True, digest="d1"), True),  # the digest after quiet hours keeps failing
+        (entry("pending", 60), False),  # queued two hours ago, failing for a minute (a restart, a retry)
     ]:
         stuck = [case] if snapshot.stuck(case, now) else []
         ok, why = web.health(live, 60.0, stuck, 100.0)

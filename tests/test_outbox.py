@@ -207,8 +207,8 @@ def seeded_db(env: dict[str, str], tmp_path: Path) -> Path:
                 await store.run(ledger.insert, alert, "pending", False, 1.0)
                 mail = ledger.alert_mail(alert.key)
                 if status == "pending":
-                    await store.run(ledger.record_failure, mail, "451 later", 2e9)
-                    await store.run(ledger.record_failure, mail, "451 later again", 2e9)
+                    await store.run(ledger.record_failure, mail, "451 later", 2e9, 1e9)
+                    await store.run(ledger.record_failure, mail, "451 later again", 2e9, 1e9)
                 elif status != "pending":
                     await store.run(ledger.finish, mail, status, "554 spam" if status == "failed" else None, 5.0)
             heat = Alert(Story(14, "Hot", "pg", 10, None, 200), 0, 150, kind="velocity", gain=50, minutes=30)

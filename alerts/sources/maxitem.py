@@ -49,7 +49,8 @@ class MaxItemFollower:
     """Calls ``on_max`` with each new largest id: from the event stream, or from polls while it is down.
 
     ``last_sign`` is the monotonic time of the last sign of life from HN: an
-    event (a ``put`` or a ``keep-alive``) or a successful poll.
+    event (a ``put`` or a ``keep-alive``) or a successful poll (``None``
+    before the first).
     """
 
     def __init__(
@@ -71,7 +72,7 @@ class MaxItemFollower:
         self._down = asyncio.Event()
         self._down.set()  # until the first event arrives, polls keep the position moving
         self.connected = False
-        self.last_sign = time.monotonic()
+        self.last_sign: float | None = None  # monotonic: the last event or successful poll
         self._events = 0  # events read on the current connection
 
     @property

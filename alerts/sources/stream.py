@@ -54,7 +54,7 @@ CACHE = 50_000
 IDLE = 3600.0
 #: Hops up a ``parent`` chain at most (HN threads are a few hundred deep at the very most).
 MAX_CHAIN = 10_000
-#: Stories shown in the status (with ``all``, the busiest of every story that gets comments).
+#: With ``all``, the stories shown in the status: the busiest of every story that gets comments.
 SHOWN = 100
 #: The story fetched to confirm a crossing goes before every other waiting request.
 FIRST = -1e9
@@ -145,7 +145,7 @@ class StreamSource:
         self._between = CycleReport(0)  # alerts the stream queued since the last cycle
         self.handled = 0  # items handled since start
         self._handled_before = 0  # ... as of the last cycle
-        self.last_handled = time.monotonic()
+        self.last_handled: float | None = None  # monotonic: when the last item was handled
 
     # -- the service's two entry points -------------------------------------------
 
@@ -188,7 +188,9 @@ class StreamSource:
         report.walked += self._between.walked
         self._between = CycleReport(0)
         report.position = self._launched
-        counted = sorted(self._stories.items(), key=lambda pair: -pair[1].count)[:SHOWN]
+        counted = sorted(self._stories.items(), key=lambda pair: -pair[1].count)
+        if self._every:
+            counted = counted[:SHOWN]
         report.watched = [(story_id, story.title or f"Item {story_id}", story.count) for story_id, story in counted]
         report.handled, self._handled_before = self.handled - self._handled_before, self.handled
         return report
