@@ -82,8 +82,9 @@ def setup_logging(level: str, fmt: str = "text") -> None:
             "{asctime}{levelname}{name}{message}",
             style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-            datefmt="%Y-%m-%dT%H:%M:%SZ",
         )
+        formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"  # ISO 8601 UTC, to the millisecond
+        formatter.default_msec_format = "%s.%03dZ"
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     formatter.converter = time.gmtime if fmt == "json" else time.localtime
@@ -133,6 +134,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigError as exc:
         print(f"alerts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `alerts status | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except AlertsError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

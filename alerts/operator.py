@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,8 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "comments": entry.alert.comments,
         "status": _status(entry),
         "attempts": entry.attempts,
-        "next_try": _when(entry.next_try) if entry.status == "pending" else None,
+        # Pending and due now (next_try 0, after a restart or `retry`): the time of asking.
+        "next_try": _when(entry.next_try or time.time()) if entry.status == "pending" and not entry.held else None,
         "last_error": entry.last_error,
         "queued_at": _when(entry.created_at),
         "digest": entry.digest,
@@ -107,6 +109,14 @@ def status_json(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
             "age_seconds": round(now - picture.last_cycle_at, 1),
             "seconds": picture.last_cycle_seconds,
         }
+    failure = None
+    if picture.failed_at is not None and (picture.last_cycle_at is None or picture.failed_at > picture.last_cycle_at):
+        failure = {
+            "number": picture.failed_cycle,
+            "at": _when(picture.failed_at),
+            "age_seconds": round(now - picture.failed_at, 1),
+            "error": picture.failed_why,
+        }
     stream = None
     if picture.stream_last is not None:
         stream = {
@@ -118,6 +128,7 @@ def status_json(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
         "source": picture.source,
         "watching_since": _when(picture.watching_since),
         "last_cycle": cycle,
+        "failing": failure,
         "stream": stream,
         "alerts": {k: picture.counts.get(k, 0) for k in ("pending", "held", "failed", "sent", "dropped", "baseline")},
         "stuck": [alert_id(e.key) for e in picture.stuck],
@@ -146,6 +157,12 @@ def status_text(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
         at = picture.last_cycle_at
         took = picture.last_cycle_seconds or 0.0
         lines.append(f"last cycle   #{picture.last_cycle} at {_clock(at)} ({_ago(now - at)}), took {took:.2f} s")
+    failed = picture.failed_at
+    if failed is not None and (picture.last_cycle_at is None or failed > picture.last_cycle_at):
+        why = _shorten(picture.failed_why or "?", 100)
+        lines.append(
+            f"failing      cycle #{picture.failed_cycle} failed at {_clock(failed)} ({_ago(now - failed)}): {why}"
+        )
     if picture.stream_last is not None:
         handled = picture.stream_at
         when = f", last item handled at {_clock(handled)} ({_ago(now - handled)})" if handled else ""

@@ -106,11 +106,20 @@ class Service:
         except FetchError as exc:
             self._backoff()
             log.warning("cycle %d failed: %s; %s", self._cycles, exc, self._next_cycle())
-        except Exception:
+            await self._note_failure(str(exc))
+        except Exception as exc:
             self._backoff()
             log.exception("cycle %d failed; %s", self._cycles, self._next_cycle())
+            await self._note_failure(repr(exc))
         else:
             self._failed_cycles = 0
+
+    async def _note_failure(self, error: str) -> None:
+        """Keep the failed cycle in the state DB, for `alerts status` (a DB that fails too is only logged)."""
+        try:
+            await self._store.run(snapshot.record_failure, self._source.name, self._cycles, error, self._store.now())
+        except Exception as exc:  # noqa: BLE001 - the cycle's own failure is already logged
+            log.debug("failed cycle not recorded: %r", exc)
 
     def _backoff(self) -> None:
         """Skip 0, 1, 3, 7 ... ticks after 1, 2, 3, 4 ... failed cycles in a row, up to 10 minutes apart."""
@@ -121,8 +130,7 @@ class Service:
     def _next_cycle(self) -> str:
         if not self._skip:
             return "the service goes on"
-        wait = (self._skip + 1) * self._interval
-        return f"backing off: the next cycle in {wait:g} s ({self._failed_cycles} failed in a row)"
+        return f"backing off: skipping the next {self._skip} cycle(s) ({self._failed_cycles} failed in a row)"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Cycle at a fixed rate until ``stop`` is set, then cancel the cycle and drain sends."""

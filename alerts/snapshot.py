@@ -49,6 +49,9 @@ class Snapshot:
     last_cycle_seconds: float | None
     stream_last: int | None
     stream_at: float | None
+    failed_cycle: int | None
+    failed_at: float | None
+    failed_why: str | None
     watching_since: float | None
     counts: dict[str, int]
     stories: tuple[Watched, ...]  # the busiest STORIES of them
@@ -81,6 +84,15 @@ def record_cycle(
                 ("last_cycle_at", repr(now)),
                 ("last_cycle_seconds", repr(seconds)),
             ],
+        )
+
+
+def record_failure(conn: sqlite3.Connection, source: str, number: int, error: str, now: float) -> None:
+    """A cycle failed: when, and why (``alerts status`` shows it while it is the latest news)."""
+    with conn:
+        conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            [("source", source), ("failed_cycle", str(number)), ("failed_at", repr(now)), ("failed_why", error)],
         )
 
 
@@ -131,6 +143,9 @@ def read(conn: sqlite3.Connection, now: float) -> Snapshot:
         last_cycle_seconds=_float(meta.get("last_cycle_seconds")),
         stream_last=position.last,
         stream_at=_float(meta.get("stream_at")),
+        failed_cycle=_int(meta.get("failed_cycle")),
+        failed_at=_float(meta.get("failed_at")),
+        failed_why=meta.get("failed_why"),
         watching_since=_float(meta.get("watching_since")),
         counts=counts,
         stories=stories,

@@ -58,7 +58,17 @@ def test_status_reads_the_state_db_as_text_and_json(hn: FakeHN, env: dict[str, s
         (3, 95, None, 100),
         (2, 60, None, 100),
     ]
-    assert set(data) == {"source", "watching_since", "last_cycle", "stream", "alerts", "stuck", "watched", "stories"}
+    assert set(data) == {
+        "source",
+        "watching_since",
+        "last_cycle",
+        "failing",
+        "stream",
+        "alerts",
+        "stuck",
+        "watched",
+        "stories",
+    }
     assert data["watched"] == 3
 
 

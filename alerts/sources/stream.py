@@ -534,6 +534,7 @@ class StreamSource:
                 return
             item = await self._hn.item(story_id, priority=FIRST)
             story.count = (item or {}).get("descendants") or 0
+            story.extra = 0  # what arrived until now is in its descendants already
             story.title = Story.from_item(story_id, item or {}).title
             upcoming = next_tier(self._rules.tiers, story.alerted)
             if story_id < self._first and upcoming is not None and story.count >= upcoming * WALK_MARGIN:
