@@ -161,6 +161,7 @@ class Service:
                 reports.append(await self.run_cycle())
             except Exception as exc:  # noqa: BLE001 - re-raised below, once the sends it started are delivered
                 failure = exc
+                await self._note_failure(str(exc) if isinstance(exc, FetchError) else repr(exc))
             await self._registry.join()  # --once waits for its sends, their tries and backoff included
             if failure is not None:
                 raise failure

@@ -6,6 +6,8 @@ import asyncio
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from alerts import web
 from alerts.app import open_app
 from alerts.model import Alert, Story
 from tests import trees
-from tests.conftest import run_cli, settings_from, start_cli, wait_for, with_smtp
+from tests.conftest import clean_environ, run_cli, settings_from, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
 from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer, free_port
@@ -301,3 +303,28 @@ def test_health_takes_the_latest_sign_of_hn_read_well(
     ok, why = web.health(live, 60.0, [], now)
     assert ok is healthy, why
     assert "\n" not in why
+
+
+def test_status_shows_a_failing_service_and_survives_a_closed_pipe(
+    hn: FakeHN, env: dict[str, str], tmp_path: Path
+) -> None:
+    """HN down after a good cycle: `alerts status` shows the failing cycle and why; `alerts status | head -1`
+    ends quietly, exit 0."""
+    front_page(hn)
+    assert run_cli(["run", "--once"], env, tmp_path).returncode == 0
+    hn.fail_all(10_000, 503)
+    assert run_cli(["run", "--once"], {**env, "ALERTS_FETCH_ATTEMPTS": "1"}, tmp_path).returncode == 1
+    text = run_cli(["status"], env, tmp_path).stdout
+    assert "failing      cycle #1 failed at " in text and "no story list could be read" in text
+    data = json.loads(run_cli(["status", "--json"], env, tmp_path).stdout)
+    assert data["failing"]["number"] == 1 and "no story list could be read" in data["failing"]["error"]
+    piped = subprocess.run(
+        f"{sys.executable} -m alerts status | head -1",
+        shell=True,
+        env=clean_environ(env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert piped.stdout.startswith("source ") and "BrokenPipe" not in piped.stderr and "failed" not in piped.stderr

@@ -396,3 +396,16 @@ async def test_alerts_baseline_holds_for_the_stream_source_too(hn: FakeHN, env: 
         hn.create_item(1)
         await until(lambda: sender.messages, "the tier-8 alert")
     assert sender.mails() == [("[HN] Already busy — 8 comments", "1")]
+
+
+async def test_all_starts_a_story_first_seen_from_its_descendants(hn: FakeHN, env: dict[str, str]) -> None:
+    """ALERTS_STORY_LISTS=all: a story first seen through a new comment counts its descendants, which hold
+    that comment already: 10 old + 1 new is 11, not 12."""
+    hn.add_story(1, trees.wide(100, 10))
+    cfg = stream_env(env, ALERTS_STORY_LISTS="all", ALERTS_COMMENT_THRESHOLD="100")
+    async with service(cfg, RecordingSender()) as app:
+        source = await following(hn, app)
+        new = hn.create_item(100)
+        await handled(source, new)
+        await until(lambda: 1 in source._stories and not source._stories[1].busy, "story 1 counted")
+        assert source._stories[1].count == 11
