@@ -129,7 +129,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import re
 import signal
@@ -150,6 +149,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bench.harness import ROOT, child_env
+from bench.run import machine
 from tests import trees
 from tests.fakehn import FakeHN
 from tests.growth import Growth
@@ -881,18 +881,6 @@ def table(results: list[dict[str, Any]]) -> str:
     notes = [f"- {r['contender']}: skipped: {r['skipped']}" for r in results if "skipped" in r]
     notes += [f"- {r['contender']}: failed: {r['error']}" for r in results if "error" in r]
     return "\n".join(rows + (["", *notes] if notes else []))
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def main() -> None:
