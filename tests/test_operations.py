@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from alerts import web
-from alerts.app import open_app
+from alerts.app import App, open_app
 from alerts.model import Alert, Story
 from tests import trees
 from tests.conftest import clean_environ, run_cli, settings_from, start_cli, wait_for, with_smtp
@@ -24,6 +26,20 @@ from tests.fakehn import FakeHN
 from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer, free_port
 from tests.test_stream import until
+
+
+@asynccontextmanager
+async def served(cfg: dict[str, str], port: int, sender: RecordingSender | None = None) -> AsyncIterator[App]:
+    """The whole service running with its HTTP server on ``port`` until the block ends; then stopped and closed."""
+    async with open_app(settings_from(cfg), sender=sender or RecordingSender()) as app:
+        stop = asyncio.Event()
+        async with web.serving(app.web_app(), "127.0.0.1", port):
+            task = asyncio.create_task(app.service.run(stop))
+            try:
+                yield app
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 15)
 
 
 def front_page(hn: FakeHN) -> None:
@@ -118,19 +134,12 @@ async def test_healthz_metrics_and_page_from_the_running_service(hn: FakeHN, env
     port = free_port()
     cfg = {**env, "ALERTS_COMMENT_THRESHOLD": "100,200", "ALERTS_POLL_INTERVAL": "0.3"}
     sender = RecordingSender()
-    async with open_app(settings_from(cfg), sender=sender) as app:
-        stop = asyncio.Event()
-        async with web.serving(app.web_app(), "127.0.0.1", port):
-            task = asyncio.create_task(app.service.run(stop))
-            try:
-                await until(lambda: sender.messages and app.service.last_ok, "the alert and a good cycle")
-                base = f"http://127.0.0.1:{port}"
-                health = await get(f"{base}/healthz")
-                metrics = (await get(f"{base}/metrics")).text
-                page = await get(f"{base}/")
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 15)
+    async with served(cfg, port, sender) as app:
+        await until(lambda: sender.messages and app.service.last_ok, "the alert and a good cycle")
+        base = f"http://127.0.0.1:{port}"
+        health = await get(f"{base}/healthz")
+        metrics = (await get(f"{base}/metrics")).text
+        page = await get(f"{base}/")
     assert (health.status_code, health.text) == (200, "ok\n")
     samples = parse_metrics(metrics)
     assert samples['hn_alerts_cycles_total{outcome="ok"}'] >= 1
@@ -162,21 +171,14 @@ async def test_healthz_turns_503_when_hn_is_down_and_back_to_200(hn: FakeHN, env
     front_page(hn)
     port = free_port()
     cfg = {**env, "ALERTS_POLL_INTERVAL": "0.2", "ALERTS_FETCH_ATTEMPTS": "1"}
-    async with open_app(settings_from(cfg), sender=RecordingSender()) as app:
-        stop = asyncio.Event()
-        async with web.serving(app.web_app(), "127.0.0.1", port):
-            task = asyncio.create_task(app.service.run(stop))
-            try:
-                await until(lambda: app.service.last_ok is not None, "a good cycle")
-                url = f"http://127.0.0.1:{port}/healthz"
-                assert (await get(url)).status_code == 200
-                hn.fail_all(10_000, 503)
-                down = await poll_until(url, 503)
-                hn.clear_faults()
-                up = await poll_until(url, 200)
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 15)
+    async with served(cfg, port) as app:
+        await until(lambda: app.service.last_ok is not None, "a good cycle")
+        url = f"http://127.0.0.1:{port}/healthz"
+        assert (await get(url)).status_code == 200
+        hn.fail_all(10_000, 503)
+        down = await poll_until(url, 503)
+        hn.clear_faults()
+        up = await poll_until(url, 200)
     assert down.text.startswith("no cycle ended well for ") and "ALERTS_POLL_INTERVAL" in down.text
     assert down.text.count("\n") == 1
     assert up.text == "ok\n"

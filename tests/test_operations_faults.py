@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import sqlite3
@@ -13,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from alerts import ledger, snapshot, web
+from alerts import ledger, snapshot
 from alerts.app import open_app
 from alerts.model import Alert, Story
 from alerts.schema import MIGRATIONS, connect
@@ -22,7 +21,7 @@ from tests.conftest import clean_environ, run_cli, settings_from, start_cli, wai
 from tests.fakehn import FakeHN
 from tests.senders import RecordingSender
 from tests.smtpserver import free_port
-from tests.test_operations import front_page, poll_until
+from tests.test_operations import front_page, poll_until, served
 from tests.test_rules_beyond import BERLIN, QUIET_BERLIN, Clock, tier_alert
 from tests.test_stream import until
 
@@ -64,19 +63,12 @@ async def test_healthz_is_503_while_no_story_can_be_read(hn: FakeHN, env: dict[s
     front_page(hn)
     port = free_port()
     cfg = {**env, "ALERTS_POLL_INTERVAL": "0.2", "ALERTS_FETCH_ATTEMPTS": "1"}
-    async with open_app(settings_from(cfg), sender=RecordingSender()) as app:
-        stop = asyncio.Event()
-        async with web.serving(app.web_app(), "127.0.0.1", port):
-            task = asyncio.create_task(app.service.run(stop))
-            try:
-                await until(lambda: app.service.last_ok is not None, "a good cycle")
-                for i in (1, 2, 3):
-                    hn.fail(f"/v0/item/{i}.json", 100_000)
-                down = await poll_until(f"http://127.0.0.1:{port}/healthz", 503)
-                picture = await app.store.run(snapshot.read, time.time())
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 15)
+    async with served(cfg, port) as app:
+        await until(lambda: app.service.last_ok is not None, "a good cycle")
+        for i in (1, 2, 3):
+            hn.fail(f"/v0/item/{i}.json", 100_000)
+        down = await poll_until(f"http://127.0.0.1:{port}/healthz", 503)
+        picture = await app.store.run(snapshot.read, time.time())
     assert down.text.startswith("no cycle ended well")
     assert picture.watched == 3 and {s.id for s in picture.stories} == {1, 2, 3}
 

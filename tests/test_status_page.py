@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from alerts import web
-from alerts.app import open_app
 from tests import trees
-from tests.conftest import settings_from
 from tests.fakehn import FakeHN
-from tests.senders import RecordingSender
 from tests.smtpserver import free_port
+from tests.test_operations import served
 from tests.test_stream import until
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -65,23 +62,14 @@ async def test_the_page_in_a_real_browser_shows_the_stories_and_renders_at_phone
     port = free_port()
     cfg = {**env, "ALERTS_COMMENT_THRESHOLD": "100,200", "ALERTS_POLL_INTERVAL": "0.2"}
     shot = Path(os.environ.get("HN_ALERTS_SCREENSHOT", tmp_path / "status-page.png"))
-    async with open_app(settings_from(cfg), sender=RecordingSender()) as app:
-        stop = asyncio.Event()
-        async with web.serving(app.web_app(), "127.0.0.1", port):
-            task = asyncio.create_task(app.service.run(stop))
-            try:
-                for _ in range(3):  # three cycles: two growth samples at least
-                    hn.create_item(2)
-                    cycles = app.service._cycles
-                    await until(lambda c=cycles: app.service._cycles >= c + 2, "two more cycles")
-                url = f"http://127.0.0.1:{port}/"
-                dom = await asyncio.to_thread(chromium, "--dump-dom", url)
-                picture = await asyncio.to_thread(
-                    chromium, f"--screenshot={shot}", f"--window-size={PHONE[0]},{PHONE[1]}", url
-                )
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 15)
+    async with served(cfg, port) as app:
+        for _ in range(3):  # three cycles: two growth samples at least
+            hn.create_item(2)
+            cycles = app.service._cycles
+            await until(lambda c=cycles: app.service._cycles >= c + 2, "two more cycles")
+        url = f"http://127.0.0.1:{port}/"
+        dom = await asyncio.to_thread(chromium, "--dump-dom", url)
+        picture = await asyncio.to_thread(chromium, f"--screenshot={shot}", f"--window-size={PHONE[0]},{PHONE[1]}", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     assert '<tr class="story" data-id="1">' in html and '<tr class="story" data-id="2">' in html
