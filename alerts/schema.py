@@ -5,8 +5,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from alerts.errors import StateError
 
@@ -129,6 +130,13 @@ MIGRATIONS = (
     ALTER TABLE alerts ADD COLUMN failing_since REAL;
     """,
 )
+
+
+def rows_for(conn: sqlite3.Connection, sql: str, ids: Sequence[int]) -> Iterator[Any]:
+    """Rows of ``sql`` whose ``IN ({})`` takes ``ids``, in chunks under SQLite's variable limit."""
+    for start in range(0, len(ids), 500):
+        chunk = list(ids[start : start + 500])
+        yield from conn.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
 
 def migrate(conn: sqlite3.Connection) -> None:

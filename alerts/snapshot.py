@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from alerts import ledger, tallies
 from alerts.ledger import Entry
+from alerts.schema import rows_for
 
 #: Growth samples older than this are forgotten (the page draws the last hours).
 GROWTH_KEEP = 6 * 3600.0
@@ -183,8 +184,7 @@ def _thin(samples: list[tuple[float, int]]) -> tuple[tuple[float, int], ...]:
 
 def titles(conn: sqlite3.Connection, story_ids: Sequence[int]) -> dict[int, str]:
     """The titles the last snapshot knew, of those stories that were in it."""
-    marks = ",".join("?" * len(story_ids))
-    return dict(conn.execute(f"SELECT story_id, title FROM stories WHERE story_id IN ({marks})", list(story_ids)))
+    return dict(rows_for(conn, "SELECT story_id, title FROM stories WHERE story_id IN ({})", story_ids))
 
 
 def stuck(entry: Entry, now: float) -> bool:

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 from alerts import ledger
 from alerts.errors import StateError
 from alerts.ledger import Key
 from alerts.model import Alert
-from alerts.schema import connect, connect_readonly
+from alerts.schema import connect, connect_readonly, rows_for
 
 T = TypeVar("T")
 
@@ -116,7 +116,7 @@ class Store:
         return await self.run(self._last_walks, ids)
 
     def _last_walks(self, conn: sqlite3.Connection, ids: list[int]) -> dict[int, LastWalk]:
-        rows = _rows_for(conn, "SELECT story_id, descendants, comments FROM walks WHERE story_id IN ({})", ids)
+        rows = rows_for(conn, "SELECT story_id, descendants, comments FROM walks WHERE story_id IN ({})", ids)
         return {r[0]: LastWalk(r[1], r[2]) for r in rows}
 
     async def save_walk(self, story_id: int, descendants: int | None, comments: int) -> None:
@@ -143,7 +143,7 @@ class Store:
     @staticmethod
     def _alerted_tiers(conn: sqlite3.Connection, ids: list[int]) -> dict[int, int]:
         sql = "SELECT story_id, MAX(tier) FROM alerts WHERE kind = 'tier' AND story_id IN ({}) GROUP BY story_id"
-        return {r[0]: r[1] for r in _rows_for(conn, sql, ids)}
+        return {r[0]: r[1] for r in rows_for(conn, sql, ids)}
 
     async def record_baseline(self, alert: Alert) -> bool:
         """Record ``alert`` as reached before the service began watching: never mailed."""
@@ -190,7 +190,7 @@ class Store:
     @staticmethod
     def _velocity_alerted(conn: sqlite3.Connection, ids: list[int]) -> set[int]:
         sql = "SELECT story_id FROM alerts WHERE kind = 'velocity' AND story_id IN ({})"
-        return {r[0] for r in _rows_for(conn, sql, ids)}
+        return {r[0] for r in rows_for(conn, sql, ids)}
 
     # -- the baseline ---------------------------------------------------------------
 
@@ -256,13 +256,6 @@ class Store:
     def _count_history(conn: sqlite3.Connection, ids: list[int]) -> dict[int, list[tuple[float, int]]]:
         out: dict[int, list[tuple[float, int]]] = {}
         sql = "SELECT story_id, at, comments FROM counts WHERE story_id IN ({}) ORDER BY at"
-        for story_id, at, comments in _rows_for(conn, sql, ids):
+        for story_id, at, comments in rows_for(conn, sql, ids):
             out.setdefault(story_id, []).append((at, comments))
         return out
-
-
-def _rows_for(conn: sqlite3.Connection, sql: str, ids: list[int]) -> Iterator[Any]:
-    """Rows of ``sql`` whose ``IN ({})`` takes ``ids``, in chunks under SQLite's variable limit."""
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        yield from conn.execute(sql.format(",".join("?" * len(chunk))), chunk)

@@ -15,6 +15,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from alerts.schema import rows_for
+
 #: A handled item: its id, its story (or ``None``), and the story it adds one live comment to (or ``None``).
 Row = tuple[int, int | None, int | None]
 
@@ -48,12 +50,7 @@ def handled_between(conn: sqlite3.Connection, low: int, high: int) -> set[int]:
 
 def stories_of(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, int | None]:
     """The story of each id that has a row."""
-    out: dict[int, int | None] = {}
-    for start_at in range(0, len(ids), 500):
-        chunk = ids[start_at : start_at + 500]
-        sql = f"SELECT id, story FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-        out.update(conn.execute(sql, chunk))
-    return out
+    return dict(rows_for(conn, "SELECT id, story FROM items WHERE id IN ({})", ids))
 
 
 def commit(
@@ -78,12 +75,7 @@ def commit(
 
 def tallies(conn: sqlite3.Connection, story_ids: Sequence[int]) -> dict[int, int]:
     """The running count of each story that has one."""
-    out: dict[int, int] = {}
-    for start_at in range(0, len(story_ids), 500):
-        chunk = story_ids[start_at : start_at + 500]
-        sql = f"SELECT story_id, count FROM tallies WHERE story_id IN ({','.join('?' * len(chunk))})"
-        out.update(conn.execute(sql, chunk))
-    return out
+    return dict(rows_for(conn, "SELECT story_id, count FROM tallies WHERE story_id IN ({})", story_ids))
 
 
 def set_tally(conn: sqlite3.Connection, story_id: int, count: int, now: float) -> None:
