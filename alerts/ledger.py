@@ -42,6 +42,11 @@ class Entry:
     done_at: float | None
     failing_since: float | None = None  # the first of the failed tries since it was last queued or retried
 
+    @property
+    def shown_status(self) -> str:
+        """The status operators see: ``held`` while it waits for quiet hours to end (in no digest yet)."""
+        return "held" if self.status == "pending" and self.held and self.digest is None else self.status
+
 
 @dataclass(frozen=True)
 class Digest:

@@ -48,10 +48,6 @@ def _when(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _status(entry: Entry) -> str:
-    return "held" if entry.status == "pending" and entry.held and entry.digest is None else entry.status
-
-
 def entry_json(entry: Entry) -> dict[str, Any]:
     """One outbox entry as the stable JSON object of ``alerts outbox --json``."""
     story = entry.alert.story
@@ -62,7 +58,7 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "kind": entry.key[1],
         "tier": entry.key[2],
         "comments": entry.alert.comments,
-        "status": _status(entry),
+        "status": entry.shown_status,
         "attempts": entry.attempts,
         # Pending and due now (next_try 0, after a restart or `retry`): the time of asking.
         "next_try": _when(entry.next_try or time.time()) if entry.status == "pending" and not entry.held else None,
@@ -223,7 +219,7 @@ async def list_outbox(path: Path, *, as_json: bool) -> int:
     table = [
         (
             alert_id(e.key),
-            _status(e),
+            e.shown_status,
             str(e.attempts),
             (_when(e.next_try) or "now") if e.status == "pending" and not e.held else "-",
             _shorten(e.alert.story.title, 40),
@@ -277,7 +273,7 @@ async def _change(path: Path, keys: list[Key], action: str, *, all_failed: bool)
             continue
         problems += 1
         entry = before[key]
-        why = "no such alert" if entry is None else f"it is {_status(entry)}"
+        why = "no such alert" if entry is None else f"it is {entry.shown_status}"
         print(f"alerts: error: {alert_id(key)}: cannot {action}: {why}", file=sys.stderr)
     if all_failed and not keys:
         print("no failed alert to retry")

@@ -194,9 +194,8 @@ def stuck(entry: Entry, now: float) -> bool:
     """
     if entry.status == "failed":
         return (entry.done_at or entry.created_at) <= now - STUCK_AFTER
-    waiting = entry.held and entry.digest is None
     since = entry.failing_since
-    return entry.status == "pending" and not waiting and since is not None and since <= now - STUCK_AFTER
+    return entry.shown_status == "pending" and since is not None and since <= now - STUCK_AFTER
 
 
 def _int(value: str | None) -> int | None:

@@ -126,14 +126,13 @@ def sparkline(samples: Sequence[tuple[float, int]]) -> str:
 
 
 def _entry(entry: Entry) -> dict[str, object]:
-    status = "held" if entry.status == "pending" and entry.held and entry.digest is None else entry.status
     return {
         "id": alert_id(entry.key),
         "title": entry.alert.story.title,
         "url": HN_ITEM_URL.format(entry.alert.story.id),
         "comments": entry.alert.comments,
         "what": "heating up" if entry.key[1] == "velocity" else f"tier {entry.key[2]}",
-        "status": status,
+        "status": entry.shown_status,
         "attempts": entry.attempts,
         "error": entry.last_error or "",
         "at": _when(entry.done_at or entry.created_at),
