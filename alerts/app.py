@@ -134,7 +134,7 @@ async def open_app(
     from alerts.sources.stream import StreamSource
     from alerts.store import Store
     from alerts.tasks import TaskRegistry
-    from alerts.web import Liveness
+    from alerts.web import Liveness, latest
 
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
@@ -195,9 +195,7 @@ async def open_app(
                     clock=clock,
                 )
                 live.stream_items = lambda: stream.handled
-                liveness.last_stream = lambda: max(
-                    (t for t in (stream.follower.last_sign, stream.last_handled) if t is not None), default=None
-                )
+                liveness.last_stream = lambda: latest(stream.follower.last_sign, stream.last_handled)
                 source = stream
             metrics = Metrics(live)
             service = Service(
@@ -211,7 +209,7 @@ async def open_app(
                 digest=settings.digest,
                 metrics=metrics,
             )
-            live.last_success = lambda: _wall(max((t for t in liveness.signs() if t is not None), default=None))
+            live.last_success = lambda: _wall(liveness.last_read())
             yield App(settings, hn, store, sender, registry, outbox, source, service, metrics, liveness)
         finally:
             await store.close()

@@ -45,9 +45,14 @@ class Liveness:
     last_cycle: Callable[[], float | None]  # the last cycle that ended well
     last_stream: Callable[[], float | None] | None = None  # the stream: the last item handled or keep-alive
 
-    def signs(self) -> list[float | None]:
-        """Each sign of HN read well: the last good cycle, and (stream source) the last item or keep-alive."""
-        return [self.last_cycle(), *([self.last_stream()] if self.last_stream is not None else [])]
+    def last_read(self) -> float | None:
+        """The latest sign of HN read well: the last good cycle or (stream source) item or keep-alive."""
+        return latest(self.last_cycle(), self.last_stream() if self.last_stream is not None else None)
+
+
+def latest(*times: float | None) -> float | None:
+    """The latest of the instants that happened (``None``: never)."""
+    return max((t for t in times if t is not None), default=None)
 
 
 def health(liveness: Liveness, interval: float, stuck: Sequence[Entry], now: float) -> tuple[bool, str]:
@@ -58,7 +63,7 @@ def health(liveness: Liveness, interval: float, stuck: Sequence[Entry], now: flo
     handled item or a keep-alive counts too; before any, the start), or
     while an alert has failed for more than an hour.
     """
-    last = max((s for s in liveness.signs() if s is not None), default=None)
+    last = liveness.last_read()
     since = now - (last if last is not None else liveness.started)
     limit = STALE_INTERVALS * interval
     if since > limit:
