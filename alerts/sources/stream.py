@@ -79,6 +79,11 @@ class _Story:
     touched: float = 0.0  # last comment seen (monotonic)
 
 
+def down_wait(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed tries in a row (1: the first): DOWN_WAITS, its last repeated."""
+    return DOWN_WAITS[min(failures, len(DOWN_WAITS)) - 1]
+
+
 class StreamSource:
     """Follows every new item; the service drives :meth:`cycle` every interval and :meth:`follow` between."""
 
@@ -206,14 +211,14 @@ class StreamSource:
     # -- where the stream starts ---------------------------------------------------
 
     async def _begin_until_it_works(self) -> None:
-        waits = iter(DOWN_WAITS)
-        wait = 0.0
+        failures = 0
         while True:
             try:
                 await self._begin()
                 return
             except FetchError as exc:
-                wait = next(waits, wait)
+                failures += 1
+                wait = down_wait(failures)
                 log.warning("stream: the largest item id could not be read (%s); trying again in %g s", exc, wait)
             await self._sleep(wait)
 
@@ -369,8 +374,8 @@ class StreamSource:
                 log.warning("item %d counts nothing: %s", item_id, exc.reason)
                 return None
             except FetchError as exc:
-                wait = DOWN_WAITS[min(downs, len(DOWN_WAITS) - 1)]
                 downs += 1
+                wait = down_wait(downs)
                 self._log_down("item %d not fetched (%s); trying again in %g s", item_id, exc.reason, wait)
                 await self._sleep(wait)
                 continue
@@ -412,8 +417,8 @@ class StreamSource:
             try:
                 return await self._attribute(parent, child)
             except (FetchError, StateError) as exc:
-                wait = DOWN_WAITS[min(downs, len(DOWN_WAITS) - 1)]
                 downs += 1
+                wait = down_wait(downs)
                 self._log_down("item %d: parent %d not found out (%s); again in %g s", child, parent, exc, wait)
                 await self._sleep(wait)
 
