@@ -145,23 +145,23 @@ def status_json(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
 def status_text(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) -> str:
     """``alerts status`` for a person: a few lines that read at a glance, then the stories."""
     counts = picture.counts
-    since = f", watching since {_clock(picture.watching_since)}" if picture.watching_since else ""
+    since = f", watching since {clock_text(picture.watching_since)}" if picture.watching_since else ""
     lines = [f"source       {picture.source or '?'}{since}"]
     if picture.last_cycle_at is None:
         lines.append("last cycle   none yet")
     else:
         at = picture.last_cycle_at
         took = picture.last_cycle_seconds or 0.0
-        lines.append(f"last cycle   #{picture.last_cycle} at {_clock(at)} ({_ago(now - at)}), took {took:.2f} s")
+        lines.append(f"last cycle   #{picture.last_cycle} at {clock_text(at)} ({_ago(now - at)}), took {took:.2f} s")
     failed = picture.failed_at
     if failed is not None and (picture.last_cycle_at is None or failed > picture.last_cycle_at):
         why = _shorten(picture.failed_why or "?", 100)
         lines.append(
-            f"failing      cycle #{picture.failed_cycle} failed at {_clock(failed)} ({_ago(now - failed)}): {why}"
+            f"failing      cycle #{picture.failed_cycle} failed at {clock_text(failed)} ({_ago(now - failed)}): {why}"
         )
     if picture.stream_last is not None:
         handled = picture.stream_at
-        when = f", last item handled at {_clock(handled)} ({_ago(now - handled)})" if handled else ""
+        when = f", last item handled at {clock_text(handled)} ({_ago(now - handled)})" if handled else ""
         lines.append(f"stream       at item {picture.stream_last}{when}")
     lines.append(
         f"alerts       {counts['pending']} pending, {counts['held']} held, {counts['failed']} failed,"
@@ -183,9 +183,10 @@ def status_text(picture: snapshot.Snapshot, tiers: Sequence[int], now: float) ->
     return "\n".join(lines)
 
 
-def _clock(stamp: float | None) -> str:
+def clock_text(stamp: float | None, missing: str = "?") -> str:
+    """A Unix time for a person: ``2026-11-25 19:41:03 UTC`` (``missing`` for none)."""
     if stamp is None:
-        return "?"
+        return missing
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
@@ -25,7 +24,7 @@ from alerts.errors import AlertsError
 from alerts.ledger import Entry
 from alerts.metrics import Metrics
 from alerts.model import HN_ITEM_URL
-from alerts.operator import alert_id
+from alerts.operator import alert_id, clock_text
 from alerts.rules import next_tier
 from alerts.store import Store
 
@@ -109,9 +108,9 @@ class StatusPage:
             outbox=[_entry(e) for e in picture.outbox],
             healthy=healthy,
             counts=picture.counts,
-            last_cycle=_when(picture.last_cycle_at),
-            stream_at=_when(picture.stream_at),
-            now=_when(now),
+            last_cycle=clock_text(picture.last_cycle_at, "-"),
+            stream_at=clock_text(picture.stream_at, "-"),
+            now=clock_text(now, "-"),
         )
 
 
@@ -140,14 +139,8 @@ def _entry(entry: Entry) -> dict[str, object]:
         "status": entry.shown_status,
         "attempts": entry.attempts,
         "error": entry.last_error or "",
-        "at": _when(entry.done_at or entry.created_at),
+        "at": clock_text(entry.done_at or entry.created_at, "-"),
     }
-
-
-def _when(stamp: float | None) -> str:
-    if stamp is None:
-        return "-"
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def make_web_app(
