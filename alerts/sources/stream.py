@@ -512,10 +512,10 @@ class StreamSource:
         if story is None:
             if not self._every:
                 return  # not watched
-            if self._group is None:
+            story = _Story()
+            if not self._spawn(self._load(story_id, story)):
                 return  # pragma: no cover - comments are only handled inside a task group
-            story = self._stories[story_id] = _Story()
-            self._spawn(self._load(story_id, story))
+            self._stories[story_id] = story
         story.touched = time.monotonic()
         if self._rules.velocity:
             story.arrivals.append(min(when, self._clock()))  # HN's clock may run ahead of ours
@@ -572,9 +572,8 @@ class StreamSource:
         due = story.owed or story.retry or (upcoming is not None and story.count >= upcoming)
         if not due and self._rules.velocity and not story.heated:
             due = self._trim(story) >= self._rules.velocity[0]
-        if due and self._group is not None:  # else the next cycle takes it (see _reconsider)
-            story.busy = True
-            self._spawn(self._confirm(story_id, story))
+        if due:  # with no task group open yet, the next cycle takes it (see _reconsider)
+            story.busy = self._spawn(self._confirm(story_id, story))
 
     def _trim(self, story: _Story) -> int:
         """Forget arrivals older than the velocity window; returns how many are left."""
@@ -584,11 +583,13 @@ class StreamSource:
                 story.arrivals.popleft()
         return len(story.arrivals)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` in the open task group; false, and ``work`` dropped, when none is open."""
         if self._group is None:
             work.close()
-            raise RuntimeError("no task group to walk in")
+            return False
         self._group.create_task(work)
+        return True
 
     async def _confirm(self, story_id: int, story: _Story) -> None:
         """Walk the story; only the walked count decides which alert is due, and the count goes on from it."""
