@@ -40,12 +40,19 @@ class StateError(AlertsError, OSError):
 
 
 class FetchError(AlertsError, ConnectionError):
-    """An HN API request failed after its attempts."""
+    """An HN API request failed after its attempts.
 
-    def __init__(self, url: str, reason: str) -> None:
+    ``kind`` names the failure for the metrics: ``timeout``, ``transport``,
+    ``http_429``, ``http_5xx``, ``http_4xx`` or ``malformed``.
+    """
+
+    default_kind = "transport"
+
+    def __init__(self, url: str, reason: str, *, kind: str | None = None) -> None:
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
+        self.kind = kind or self.default_kind
 
 
 class RetryableFetchError(FetchError):
@@ -54,17 +61,21 @@ class RetryableFetchError(FetchError):
     ``retry_after`` holds the server's ``Retry-After`` in seconds, if it sent one.
     """
 
-    def __init__(self, url: str, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(url, reason)
+    def __init__(self, url: str, reason: str, retry_after: float | None = None, *, kind: str | None = None) -> None:
+        super().__init__(url, reason, kind=kind)
         self.retry_after = retry_after
 
 
 class MalformedItemError(FetchError, ValueError):
     """The API answered 200 with a body that is not JSON."""
 
+    default_kind = "malformed"
+
 
 class RejectedFetchError(FetchError):
     """The API answered a 4xx other than 429; asking again will not help."""
+
+    default_kind = "http_4xx"
 
 
 class RenderError(AlertsError, ValueError):

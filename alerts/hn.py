@@ -170,7 +170,7 @@ class HNClient:
             (b"Accept-Encoding", b"gzip, deflate"),
         ]
         self.fetches = 0
-        self.errors: collections.Counter[str] = collections.Counter()  # failed requests by error_kind()
+        self.errors: collections.Counter[str] = collections.Counter()  # failed requests by FetchError.kind
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -256,7 +256,7 @@ class HNClient:
         try:
             return await self._attempt_once(url, priority)
         except FetchError as exc:
-            self.errors[error_kind(exc)] += 1
+            self.errors[exc.kind] += 1
             raise
 
     async def _attempt_once(self, url: str, priority: float) -> Any:
@@ -272,7 +272,9 @@ class HNClient:
             retry_after = retry_after_seconds(headers.get("retry-after"))
             if retry_after:
                 self._pause_all(retry_after, url)
-            raise RetryableFetchError(url, f"HTTP {status}", retry_after)
+            raise RetryableFetchError(
+                url, f"HTTP {status}", retry_after, kind="http_429" if status == 429 else "http_5xx"
+            )
         if status >= 300:
             raise RejectedFetchError(url, f"HTTP {status}")
         return parse_json(body, url)
@@ -336,29 +338,16 @@ class HNClient:
         except BodyError as exc:
             raise (HostileBodyError if exc.final else MalformedItemError)(url, str(exc)) from exc
         except TimeoutError as exc:
-            raise RetryableFetchError(url, f"timeout: no complete answer within {self._deadline:g} s") from exc
+            reason = f"timeout: no complete answer within {self._deadline:g} s"
+            raise RetryableFetchError(url, reason, kind="timeout") from exc
         except httpx.TransportError as exc:
             raise RetryableFetchError(url, describe_error(exc, request.url)) from exc
         except httpx.RequestError as exc:  # an invalid URL and the like
-            raise RejectedFetchError(url, f"{type(exc).__name__}: {exc}") from exc
+            raise RejectedFetchError(url, f"{type(exc).__name__}: {exc}", kind="transport") from exc
         return response.status_code, response.headers, body
 
 
 RETRIED = (RetryableFetchError, MalformedItemError)
-
-
-def error_kind(exc: FetchError) -> str:
-    """What a failed request was, for the metrics: ``timeout``, ``transport``, ``http_429``, ``http_5xx``,
-    ``http_4xx`` or ``malformed``."""
-    reason = exc.reason
-    if isinstance(exc, MalformedItemError):
-        return "malformed"
-    if reason.startswith("HTTP "):
-        code = reason[5:8]
-        return "http_429" if code == "429" else "http_5xx" if code.startswith("5") else "http_4xx"
-    if reason.startswith("timeout"):
-        return "timeout"
-    return "transport"
 
 
 def _worth_retrying(exc: BaseException) -> bool:

@@ -307,3 +307,21 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds(None) is None
+
+
+async def test_failed_requests_are_counted_by_kind() -> None:
+    """Each failure names its kind for /metrics: 429, 5xx, other 4xx, a body that is not JSON, a timeout."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        answer = request.url.path.rsplit("/", 1)[-1].removesuffix(".json")
+        if answer == "slow":
+            await asyncio.sleep(5)
+        status = {"429": 429, "503": 503, "404": 404}.get(answer, 200)
+        return httpx.Response(status, content=b"{not json")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        client = HNClient(http, "http://hn.test/v0", retry=RetryPolicy(attempts=1), request_timeout=0.1)
+        for name in ("429", "503", "404", "bad", "slow"):
+            with pytest.raises((RetryableFetchError, RejectedFetchError, MalformedItemError)):
+                await client.story_ids(name)
+    assert dict(client.errors) == {"http_429": 1, "http_5xx": 1, "http_4xx": 1, "malformed": 1, "timeout": 1}
