@@ -138,7 +138,9 @@ async def open_app(
 
     renderer = make_renderer(settings)
     sender = sender or make_sender(settings)
-    async with make_client(settings.max_concurrency) as http:
+    # The event stream holds a connection of its own for as long as it is open; requests keep all of theirs.
+    connections = settings.max_concurrency + (1 if settings.source == "stream" else 0)
+    async with make_client(connections) as http:
         hn = make_hn_client(settings, http)
         store = await Store.open(settings.state_db, clock=clock)
         try:
