@@ -6,12 +6,22 @@ items one walk fetches is capped, a failed fetch marks the walk incomplete
 instead of killing it, and the children run in a TaskGroup, so no task
 outlives the walk and a cancel reaches all of them. The concurrency bound
 lives in the client, around each request.
+
+Which waiting request goes first decides how long a walk takes: a walk can
+end no sooner than its longest reply chain, one request after another. The
+walk asks first for the item with the most levels known below it (each walk
+returns the height of every subtree it saw, and :class:`Shapes` keeps them
+for the story's next walk), then for the deepest. Without a previous walk
+that is deepest-first, the best an order can do not knowing the tree
+(bench/orders.py measures both against the lower bounds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,6 +55,7 @@ class WalkResult:
     failed: int = 0
     unreadable: int = 0
     capped: bool = False
+    heights: dict[int, int] = field(default_factory=dict, repr=False)  # see :class:`Shapes`
 
     @property
     def complete(self) -> bool:
@@ -71,6 +82,7 @@ class _Walk:
     limit: int
     result: WalkResult
     below: int
+    known: Mapping[int, int]
     seen: set[int] = field(default_factory=set)
 
     def claim(self, item_id: int) -> bool:
@@ -83,16 +95,19 @@ class _Walk:
         self.seen.add(item_id)
         return True
 
-    async def visit(self, item_id: int, depth: int) -> None:
-        """Fetch and count ``item_id`` (at ``depth``, 1 = top level) and its subtree.
+    async def visit(self, item_id: int, depth: int) -> int:
+        """Fetch and count ``item_id`` (at ``depth``, 1 = top level) and its subtree; return the subtree's height.
 
         A chain of only children is followed in this loop rather than by
         recursion, so a reply chain thousands deep cannot exhaust the stack.
         """
+        chain: list[int] = []
         while True:
             item = await self._fetch(item_id, depth)
             if item is None:
-                return
+                fresh: list[int] = []
+                break
+            chain.append(item_id)
             if is_live(item):
                 self.result.comments += 1
                 if item_id < self.below:
@@ -103,25 +118,31 @@ class _Walk:
                 break
             item_id = fresh[0]
             depth += 1
-        await self.fan_out(fresh, depth + 1)
+        height = await self.fan_out(fresh, depth + 1)
+        for link in reversed(chain):
+            height += 1
+            if height > 1:  # a leaf is what an unknown item is taken for anyway
+                self.result.heights[link] = height
+        return height
 
-    async def fan_out(self, ids: list[int], depth: int) -> None:
-        """Visit already-claimed ids at ``depth`` concurrently; fan in when all are done."""
-        if ids:
-            async with asyncio.TaskGroup() as group:
-                for kid in ids:
-                    group.create_task(self.visit(kid, depth))
+    async def fan_out(self, ids: list[int], depth: int) -> int:
+        """Visit already-claimed ids at ``depth`` concurrently; fan in to the tallest subtree's height."""
+        if not ids:
+            return 0
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self.visit(kid, depth)) for kid in ids]
+        return max(task.result() for task in tasks)
 
     async def _fetch(self, item_id: int, depth: int) -> Item | None:
         """The item, or ``None`` (logged) when it counts nothing or could not be fetched.
 
-        The deepest waiting item is asked for first: a long reply chain sets
-        the walk's least possible time, so it must not wait behind the wide
-        shallow levels (bench/RESULTS.md compares orders on real and
-        generated shapes).
+        The item with the most levels known below it is asked for first,
+        then the deepest: a long reply chain sets the walk's least possible
+        time, so it must not wait behind the wide shallow levels
+        (bench/RESULTS.md compares orders on real and generated shapes).
         """
         try:
-            item = await self.source.item(item_id, priority=-depth)
+            item = await self.source.item(item_id, priority=priority(self.known.get(item_id, 1), depth))
         except (MalformedItemError, RejectedFetchError) as exc:
             self.result.unreadable += 1
             log.warning("item %d counts nothing: %s", item_id, exc.reason)
@@ -137,13 +158,66 @@ class _Walk:
         return item
 
 
-async def walk_kids(source: ItemSource, root_id: int, root: Item, *, max_items: int, below: int = 0) -> WalkResult:
+def priority(height: int, depth: int) -> float:
+    """A request's place in the queue (lower goes first): the taller known subtree, then the deeper item.
+
+    ``depth / (depth + 1)`` stays below 1, so depth only breaks ties of
+    height; heights are capped well above any walk's so the stream source's
+    first reads of new items (a far lower value) still come before any walk.
+    """
+    return -(min(height, MAX_HEIGHT) + depth / (depth + 1))
+
+
+#: Heights above this rank alike (a walk visits at most ALERTS_MAX_COMMENTS items).
+MAX_HEIGHT = 10_000_000
+
+
+class Shapes:
+    """The subtree heights of the last walks of the most recently walked stories, to order their next walk.
+
+    Only what speeds a walk up is kept: items with something below them (a
+    leaf is what an unknown item is taken for), for at most ``stories``
+    stories, the least recently walked forgotten first. It lives in memory:
+    it decides how fast a walk ends, never what it counts, so after a
+    restart the first walk of each story is merely deepest-first again.
+    """
+
+    def __init__(self, stories: int = 200) -> None:
+        self._limit = stories
+        self._heights: OrderedDict[int, dict[int, int]] = OrderedDict()
+
+    def get(self, story_id: int) -> Mapping[int, int]:
+        """The heights the story's last walk saw (empty if none is remembered)."""
+        return self._heights.get(story_id, {})
+
+    def keep(self, result: WalkResult) -> None:
+        """Remember the heights ``result`` found, in place of the story's older ones."""
+        self._heights.pop(result.root, None)
+        self._heights[result.root] = result.heights
+        while len(self._heights) > self._limit:
+            self._heights.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._heights)
+
+
+async def walk_kids(
+    source: ItemSource,
+    root_id: int,
+    root: Item,
+    *,
+    max_items: int,
+    below: int = 0,
+    known: Mapping[int, int] | None = None,
+) -> WalkResult:
     """Count the live comments under ``root``, the item ``root_id`` already fetched.
 
     ``below``: also count (as ``older``) the live comments with a smaller id,
-    that is, created before the item ``below``.
+    that is, created before the item ``below``. ``known``: subtree heights
+    from an earlier walk of this story (:meth:`Shapes.get`), to ask for the
+    longest chains first; the result's ``heights`` are this walk's.
     """
-    walk = _Walk(source, max_items, WalkResult(root=root_id), below)
+    walk = _Walk(source, max_items, WalkResult(root=root_id), below, {} if known is None else known)
     walk.seen.add(root_id)
     walk.limit += 1  # the root itself is not one of the walk's fetches
     await walk.fan_out([i for i in kid_ids(root) if walk.claim(i)], 1)

@@ -437,7 +437,8 @@ class FakeHN:
     ``random.Random(seed)``. ``requests`` counts requests by path (query
     string dropped), faults included; ``in_flight`` is the number being
     handled now and ``max_in_flight`` its peak (an open event stream is not
-    in flight: see :attr:`open_streams`).
+    in flight: see :attr:`open_streams`). ``request_order``, when set to a
+    list, gets every request's path appended as it arrives.
 
     Event stream (``/v0/maxitem.json`` asked with ``Accept:
     text/event-stream``): ``keepalive_interval`` seconds between keep-alives
@@ -461,6 +462,7 @@ class FakeHN:
         self.latency = latency
         self.fail_rate = 0.0
         self.requests: collections.Counter[str] = collections.Counter()
+        self.request_order: list[str] | None = None
         self.max_in_flight = 0
         self.in_flight = 0
         self._seed = 0
@@ -907,6 +909,8 @@ class FakeHN:
     def _enter(self, path: str, stream: bool = False) -> None:
         with self.lock:
             self.requests[path] += 1
+            if self.request_order is not None:
+                self.request_order.append(path)
             if stream:
                 self.event_stream_requests[path] += 1
             self.in_flight += 1

@@ -28,6 +28,7 @@ from tests.conftest import settings_from, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
 from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer
+from tests.test_walk import chain_last
 
 
 async def until(condition: Callable[[], Any], what: str, within: float = 15.0) -> None:
@@ -409,3 +410,30 @@ async def test_all_starts_a_story_first_seen_from_its_descendants(hn: FakeHN, en
         await handled(source, new)
         await until(lambda: 1 in source._stories and not source._stories[1].busy, "story 1 counted")
         assert source._stories[1].count == 11
+
+
+async def test_a_crossing_walk_asks_first_for_the_chains_the_join_walk_found(hn: FakeHN, env: dict[str, str]) -> None:
+    """The list's join walk and the stream's confirming walk share what they learn of a tree's shape.
+
+    The story's longest reply chain hangs under its last top-level comment.
+    One request at a time, so the server sees the order: the confirming walk
+    asks for the chain before the leaves, because the join walk measured it.
+    """
+    tree = chain_last(leaves=20, chain=15)
+    hn.add_story(1, tree, title="Chain last")
+    hn.set_list("topstories", [1])
+    chain = {f"/v0/item/{i}.json" for i in range(1_020, 1_035)}
+    sender = RecordingSender()
+    settings = stream_env(env, ALERTS_COMMENT_THRESHOLD="36", ALERTS_MAX_CONCURRENCY="1")
+    async with service(settings, sender) as app:
+        source = await following(hn, app, 1)
+        assert source._stories[1].count == 35  # walked when it joined: 35 is within 10 % of 36
+        hn.request_order = []
+        new = hn.create_item(1)
+        await until(lambda: sender.messages, "the alert")
+    tree_paths = {f"/v0/item/{i}.json" for i in (*tree.items, new)}
+    walk = [path for path in hn.request_order if path in tree_paths]
+    walk = walk[walk.index("/v0/item/1000.json") :]  # from the walk's first request on (the new item came before)
+    assert len(walk) == 36
+    assert set(walk[1:16]) == chain  # after the request that found the slot free
+    assert sender.mails() == [("[HN] Chain last — 36 comments", "1")]

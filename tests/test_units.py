@@ -249,7 +249,8 @@ async def test_priority_limiter_survives_a_cancelled_waiter() -> None:
     queued.cancel()
     handed = asyncio.create_task(limiter.acquire(0))
     await asyncio.sleep(0)
-    limiter.release()  # hands the slot to `handed` ...
+    limiter.release()
+    await asyncio.sleep(0)  # the slot is handed to `handed` ...
     handed.cancel()  # ... which is cancelled before it runs: the slot must come back
     for task in (queued, handed):
         with pytest.raises(asyncio.CancelledError):

@@ -8,7 +8,7 @@ import pytest
 
 from alerts.hn import HNClient, RetryPolicy
 from alerts.http import make_client
-from alerts.walk import walk_kids
+from alerts.walk import Shapes, WalkResult, priority, walk_kids
 from tests import trees
 from tests.fakehn import FakeHN
 
@@ -109,3 +109,96 @@ async def test_transient_faults_still_count_exactly(hn: FakeHN, client: HNClient
     hn.fail_all(2, status=503)
     assert await count(client, 1) == (60, True, False)
     assert hn.item_requests == 3 * (1 + tree.comments)
+
+
+def reference_heights(tree: trees.Tree) -> dict[int, int]:
+    """Each item's subtree height (1 for a leaf; a ``null`` item has none), for items with something below."""
+    heights: dict[int, int] = {}
+
+    def height(item_id: int) -> int:
+        item = tree.items.get(item_id)
+        if item is None:
+            return 0
+        h = 1 + max((height(k) for k in item.get("kids", [])), default=0)
+        if h > 1:
+            heights[item_id] = h
+        return h
+
+    for top in tree.top:
+        height(top)
+    return heights
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        trees.generated(1_000, live=300, dead=40, deleted=35, depth=12, seed=7),
+        trees.with_nulls(trees.generated(1_000, live=80, dead=5, depth=6, seed=3), 12, seed=3),
+        trees.chain(1_000, 60),
+    ],
+    ids=["mixed", "with-nulls", "chain-60"],
+)
+async def test_walk_reports_every_subtree_height(hn: FakeHN, client: HNClient, tree: trees.Tree) -> None:
+    """The heights a walk hands to the next one are its tree's: dead and deleted count, ``null`` does not."""
+    hn.add_story(1, tree)
+    root = await client.item(1)
+    assert root is not None
+    result = await walk_kids(client, 1, root, max_items=20_000)
+    assert result.heights == reference_heights(tree)
+
+
+def chain_last(leaves: int, chain: int) -> trees.Tree:
+    """``leaves`` top-level comments with no replies, then one whose reply chain is ``chain`` long."""
+    tree = trees.wide(1_000, leaves)
+    start = 1_000 + leaves
+    for i in range(chain):
+        item_id = start + i
+        tree.items[item_id] = trees.comment(
+            item_id, item_id - 1 if i else 1, kids=[item_id + 1] if i < chain - 1 else None
+        )
+    tree.top.append(start)
+    return trees.Tree(tree.items, tree.top, leaves + chain)
+
+
+async def test_a_later_walk_asks_for_the_longest_chain_first(hn: FakeHN) -> None:
+    """Deepest-first cannot know a chain hangs under the last top-level comment; the heights of a first walk can.
+
+    One request at a time, so the server sees the walk's order: the first
+    walk reaches the chain only after every leaf before it; the second asks
+    for the chain right after the request that took the free slot.
+    """
+    tree = chain_last(leaves=20, chain=15)
+    chain_paths = {f"/v0/item/{i}.json" for i in range(1_020, 1_035)}
+    hn.add_story(1, tree)
+    shapes = Shapes()
+    orders = []
+    async with make_client(1) as transport:
+        client = HNClient(transport, hn.url, max_concurrency=1, retry=RetryPolicy(attempts=3, backoff=0))
+        root = await client.item(1)
+        assert root is not None
+        for _ in range(2):
+            hn.request_order = []
+            result = await walk_kids(client, 1, root, max_items=20_000, known=shapes.get(1))
+            assert (result.comments, result.complete) == (35, True)
+            shapes.keep(result)
+            orders.append(hn.request_order)
+    first, later = orders
+    assert set(first[-15:]) == chain_paths  # the chain waited behind all 20 leaves
+    assert set(later[1:16]) == chain_paths  # the chain went first (after the request that found the slot free)
+
+
+def test_shapes_keep_the_most_recently_walked_stories() -> None:
+    """At most ``stories`` stories are remembered; the least recently walked is forgotten first."""
+    shapes = Shapes(stories=2)
+    for story_id in (1, 2, 1, 3):
+        shapes.keep(WalkResult(root=story_id, heights={story_id * 10: 2}))
+    assert len(shapes) == 2
+    assert shapes.get(2) == {}
+    assert shapes.get(1) == {10: 2}
+    assert shapes.get(3) == {30: 2}
+
+
+def test_priority_orders_height_then_depth_and_stays_behind_first_reads() -> None:
+    """A taller known subtree goes first whatever the depth; depth breaks ties; no walk passes the stream's reads."""
+    assert priority(3, 1) < priority(2, 50) < priority(2, 49) < priority(1, 1_000_000)
+    assert priority(10**12, 10**9) > -1e9  # the stream source reads new items at -1e9

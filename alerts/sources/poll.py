@@ -15,7 +15,7 @@ from alerts.outbox import Outbox
 from alerts.rules import Rules, StoryState, decide, plan
 from alerts.sources import CycleReport, queue_alert
 from alerts.store import LastWalk, Store
-from alerts.walk import walk_kids
+from alerts.walk import Shapes, walk_kids
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class PollSource:
         max_comments: int,
         baseline: bool,
         sample_gap: float,
+        shapes: Shapes | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = rules
@@ -64,6 +65,7 @@ class PollSource:
         self._lists = story_lists
         self._top_n = top_n
         self._max_comments = max_comments
+        self._shapes = Shapes() if shapes is None else shapes
         self._use_baseline = baseline
         # How far before a velocity window a sample may lie and still stand for its start.
         self._sample_gap = sample_gap
@@ -207,7 +209,10 @@ class PollSource:
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
         """The story's count, and whether the walk fetched every item it tried."""
-        result = await walk_kids(self._hn, story.id, item, max_items=self._max_comments)
+        result = await walk_kids(
+            self._hn, story.id, item, max_items=self._max_comments, known=self._shapes.get(story.id)
+        )
+        self._shapes.keep(result)
         report.walked += 1
         if result.complete:
             await self._store.save_walk(story.id, story.descendants, result.comments)

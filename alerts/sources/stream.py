@@ -38,7 +38,7 @@ from alerts.sources import CycleReport, queue_alert
 from alerts.sources.maxitem import MaxItemFollower
 from alerts.sources.poll import STORY_TYPES, PollSource
 from alerts.store import Store
-from alerts.walk import is_live, walk_kids
+from alerts.walk import Shapes, is_live, walk_kids
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class StreamSource:
         interval: float,
         connect_timeout: float,
         reconnect_backoff: float = 1.0,
+        shapes: Shapes | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
@@ -115,6 +116,7 @@ class StreamSource:
         self._lists = lists
         self._every = every_story
         self._max_comments = max_comments
+        self._shapes = Shapes() if shapes is None else shapes
         self._slots = asyncio.Semaphore(in_flight)
         self._catchup = catchup
         self._interval = interval
@@ -624,7 +626,15 @@ class StreamSource:
             story.recheck_at = time.monotonic() + self._interval  # its score may rise: looked at again later
             log.debug("story %d: %s", story_id, reason)
             return
-        result = await walk_kids(self._hn, story_id, item, max_items=self._max_comments, below=self._first)
+        result = await walk_kids(
+            self._hn,
+            story_id,
+            item,
+            max_items=self._max_comments,
+            below=self._first,
+            known=self._shapes.get(story_id),
+        )
+        self._shapes.keep(result)
         self._between.walked += 1
         if not result.complete:
             story.retry = True
