@@ -177,13 +177,16 @@ class Shapes:
 
     Only what speeds a walk up is kept: items with something below them (a
     leaf is what an unknown item is taken for), for at most ``stories``
-    stories, the least recently walked forgotten first. It lives in memory:
+    stories and ``items`` heights in all (about 100 bytes each), the least
+    recently walked story forgotten first. It lives in memory:
     it decides how fast a walk ends, never what it counts, so after a
     restart the first walk of each story is merely deepest-first again.
     """
 
-    def __init__(self, stories: int = 200) -> None:
+    def __init__(self, stories: int = 200, items: int = 100_000) -> None:
         self._limit = stories
+        self._items_limit = items
+        self._items = 0
         self._heights: OrderedDict[int, dict[int, int]] = OrderedDict()
 
     def get(self, story_id: int) -> Mapping[int, int]:
@@ -192,10 +195,12 @@ class Shapes:
 
     def keep(self, result: WalkResult) -> None:
         """Remember the heights ``result`` found, in place of the story's older ones."""
-        self._heights.pop(result.root, None)
+        self._items -= len(self._heights.pop(result.root, {}))
         self._heights[result.root] = result.heights
-        while len(self._heights) > self._limit:
-            self._heights.popitem(last=False)
+        self._items += len(result.heights)
+        while len(self._heights) > self._limit or self._items > self._items_limit:
+            _story, heights = self._heights.popitem(last=False)
+            self._items -= len(heights)
 
     def __len__(self) -> int:
         return len(self._heights)

@@ -198,6 +198,16 @@ def test_shapes_keep_the_most_recently_walked_stories() -> None:
     assert shapes.get(3) == {30: 2}
 
 
+def test_shapes_hold_a_bounded_number_of_heights_in_all() -> None:
+    """Huge threads cannot make the remembered shapes grow past ``items`` heights: the oldest story goes."""
+    shapes = Shapes(stories=200, items=5)
+    shapes.keep(WalkResult(root=1, heights=dict.fromkeys(range(3), 2)))
+    shapes.keep(WalkResult(root=2, heights=dict.fromkeys(range(10, 13), 2)))
+    assert shapes.get(1) == {} and len(shapes.get(2)) == 3
+    shapes.keep(WalkResult(root=2, heights=dict.fromkeys(range(10, 15), 2)))  # replaces its own, still fits
+    assert len(shapes) == 1 and len(shapes.get(2)) == 5
+
+
 def test_priority_orders_height_then_depth_and_stays_behind_first_reads() -> None:
     """A taller known subtree goes first whatever the depth; depth breaks ties; no walk passes the stream's reads."""
     assert priority(3, 1) < priority(2, 50) < priority(2, 49) < priority(1, 1_000_000)
