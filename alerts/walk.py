@@ -194,7 +194,14 @@ class Shapes:
         return self._heights.get(story_id, {})
 
     def keep(self, result: WalkResult) -> None:
-        """Remember the heights ``result`` found, in place of the story's older ones."""
+        """Remember the heights ``result`` found, in place of the story's older ones.
+
+        A walk that failed somewhere saw less than the one before it may
+        have, and one too big to keep would only push every other story
+        out: in both cases what is known stays as it is.
+        """
+        if result.failed or len(result.heights) > self._items_limit:
+            return
         self._items -= len(self._heights.pop(result.root, {}))
         self._heights[result.root] = result.heights
         self._items += len(result.heights)

@@ -206,6 +206,9 @@ def test_shapes_hold_a_bounded_number_of_heights_in_all() -> None:
     assert shapes.get(1) == {} and len(shapes.get(2)) == 3
     shapes.keep(WalkResult(root=2, heights=dict.fromkeys(range(10, 15), 2)))  # replaces its own, still fits
     assert len(shapes) == 1 and len(shapes.get(2)) == 5
+    shapes.keep(WalkResult(root=3, heights=dict.fromkeys(range(20, 26), 2)))  # too big to keep: nothing pushed out
+    shapes.keep(WalkResult(root=2, failed=1))  # saw less than the last walk: the last walk's heights stay
+    assert len(shapes) == 1 and len(shapes.get(2)) == 5 and shapes.get(3) == {}
 
 
 def test_priority_orders_height_then_depth_and_stays_behind_first_reads() -> None:
