@@ -158,6 +158,10 @@ class _Walk:
         return item
 
 
+#: Heights above this rank alike (a walk visits at most ALERTS_MAX_COMMENTS items).
+MAX_HEIGHT = 10_000_000
+
+
 def priority(height: int, depth: int) -> float:
     """A request's place in the queue (lower goes first): the taller known subtree, then the deeper item.
 
@@ -168,19 +172,15 @@ def priority(height: int, depth: int) -> float:
     return -(min(height, MAX_HEIGHT) + depth / (depth + 1))
 
 
-#: Heights above this rank alike (a walk visits at most ALERTS_MAX_COMMENTS items).
-MAX_HEIGHT = 10_000_000
-
-
 class Shapes:
     """The subtree heights of the last walks of the most recently walked stories, to order their next walk.
 
     Only what speeds a walk up is kept: items with something below them (a
     leaf is what an unknown item is taken for), for at most ``stories``
     stories and ``items`` heights in all (about 100 bytes each), the least
-    recently walked story forgotten first. It lives in memory:
-    it decides how fast a walk ends, never what it counts, so after a
-    restart the first walk of each story is merely deepest-first again.
+    recently walked story forgotten first. It lives in memory: it decides
+    how fast a walk ends, never what it counts, so after a restart the first
+    walk of each story is merely deepest-first again.
     """
 
     def __init__(self, stories: int = 200, items: int = 100_000) -> None:
@@ -220,19 +220,22 @@ async def walk_kids(
     *,
     max_items: int,
     below: int = 0,
-    known: Mapping[int, int] | None = None,
+    shapes: Shapes | None = None,
 ) -> WalkResult:
     """Count the live comments under ``root``, the item ``root_id`` already fetched.
 
     ``below``: also count (as ``older``) the live comments with a smaller id,
-    that is, created before the item ``below``. ``known``: subtree heights
-    from an earlier walk of this story (:meth:`Shapes.get`), to ask for the
-    longest chains first; the result's ``heights`` are this walk's.
+    that is, created before the item ``below``. ``shapes``: where the heights
+    of this story's last walk are read from, to ask for the longest chains
+    first, and where this walk's are kept (the result's ``heights``).
     """
-    walk = _Walk(source, max_items, WalkResult(root=root_id), below, {} if known is None else known)
+    known = {} if shapes is None else shapes.get(root_id)
+    walk = _Walk(source, max_items, WalkResult(root=root_id), below, known)
     walk.seen.add(root_id)
     walk.limit += 1  # the root itself is not one of the walk's fetches
     await walk.fan_out([i for i in kid_ids(root) if walk.claim(i)], 1)
     if walk.result.capped:
         log.warning("walk of %d stopped at ALERTS_MAX_COMMENTS=%d items", root_id, max_items)
+    if shapes is not None:
+        shapes.keep(walk.result)
     return walk.result

@@ -178,9 +178,8 @@ async def test_a_later_walk_asks_for_the_longest_chain_first(hn: FakeHN) -> None
         assert root is not None
         for _ in range(2):
             hn.request_order = []
-            result = await walk_kids(client, 1, root, max_items=20_000, known=shapes.get(1))
+            result = await walk_kids(client, 1, root, max_items=20_000, shapes=shapes)
             assert (result.comments, result.complete) == (35, True)
-            shapes.keep(result)
             orders.append(hn.request_order)
     first, later = orders
     assert set(first[-15:]) == chain_paths  # the chain waited behind all 20 leaves

@@ -209,10 +209,7 @@ class PollSource:
 
     async def _walk(self, story: Story, item: Item, report: CycleReport) -> tuple[int, bool]:
         """The story's count, and whether the walk fetched every item it tried."""
-        result = await walk_kids(
-            self._hn, story.id, item, max_items=self._max_comments, known=self._shapes.get(story.id)
-        )
-        self._shapes.keep(result)
+        result = await walk_kids(self._hn, story.id, item, max_items=self._max_comments, shapes=self._shapes)
         report.walked += 1
         if result.complete:
             await self._store.save_walk(story.id, story.descendants, result.comments)

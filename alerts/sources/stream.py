@@ -627,14 +627,8 @@ class StreamSource:
             log.debug("story %d: %s", story_id, reason)
             return
         result = await walk_kids(
-            self._hn,
-            story_id,
-            item,
-            max_items=self._max_comments,
-            below=self._first,
-            known=self._shapes.get(story_id),
+            self._hn, story_id, item, max_items=self._max_comments, below=self._first, shapes=self._shapes
         )
-        self._shapes.keep(result)
         self._between.walked += 1
         if not result.complete:
             story.retry = True
