@@ -18,28 +18,21 @@ import httpx
 import pytest
 
 from alerts import web
-from alerts.app import App, open_app
+from alerts.app import App
 from alerts.model import Alert, Story
 from tests import trees
-from tests.conftest import clean_environ, run_cli, settings_from, start_cli, wait_for, with_smtp
+from tests.conftest import clean_environ, run_cli, start_cli, wait_for, with_smtp
 from tests.fakehn import FakeHN
 from tests.senders import RecordingSender
 from tests.smtpserver import SmtpServer, free_port
-from tests.test_stream import until
+from tests.test_stream import service, until
 
 
 @asynccontextmanager
 async def served(cfg: dict[str, str], port: int, sender: RecordingSender | None = None) -> AsyncIterator[App]:
     """The whole service running with its HTTP server on ``port`` until the block ends; then stopped and closed."""
-    async with open_app(settings_from(cfg), sender=sender or RecordingSender()) as app:
-        stop = asyncio.Event()
-        async with web.serving(app.web_app(), "127.0.0.1", port):
-            task = asyncio.create_task(app.service.run(stop))
-            try:
-                yield app
-            finally:
-                stop.set()
-                await asyncio.wait_for(task, 15)
+    async with service(cfg, sender or RecordingSender()) as app, web.serving(app.web_app(), "127.0.0.1", port):
+        yield app
 
 
 def front_page(hn: FakeHN) -> None:
